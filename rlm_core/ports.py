@@ -1,0 +1,287 @@
+"""Ports: what the lifecycle service needs from each store. Adapters implement them.
+
+Every adapter of a port passes the same contract suite (tests/contracts/). Ports speak in domain
+records, never in client objects, so the service is the same over real servers and embedded stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, BinaryIO, Protocol
+
+
+class StoreError(RuntimeError):
+    """A store failed in a way a retry may fix (connection lost, timeout)."""
+
+
+class DuplicateDocumentError(Exception):
+    """The unique (user_id, metadata.file_hash) constraint rejected an insert."""
+
+
+class NotOursError(ValueError):
+    """An operation named a key, point or object outside what rlm manages."""
+
+
+# ---------------------------------------------------------------- cache (Redis)
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """A cache key as seen by one SCAN pass.
+
+    ttl_seconds: remaining TTL; -1 means no TTL (the leak), -2 means gone.
+    idle_seconds: OBJECT IDLETIME, or None where the server cannot tell (LFU eviction policy).
+    memory_bytes: MEMORY USAGE, or None unless asked for.
+    """
+
+    key: bytes
+    ttl_seconds: int
+    idle_seconds: int | None
+    memory_bytes: int | None = None
+
+
+class CacheStore(Protocol):
+    """Redis cache keys matching the configured patterns; nothing else is visible."""
+
+    patterns: tuple[str, ...]
+
+    def scan(self, batch_size: int, with_memory: bool = False) -> Iterator[list[CacheKey]]:
+        """Stream cache keys (SCAN + pipelined TTL/IDLETIME[/MEMORY USAGE]) in batches."""
+        ...
+
+    def unlink_idle(self, keys: Sequence[bytes], min_idle_seconds: int) -> list[bytes]:
+        """UNLINK each key only if it still has no TTL and is idle >= min; return unlinked keys."""
+        ...
+
+    def expire_if_persistent(self, items: Sequence[tuple[bytes, int]]) -> int:
+        """EXPIRE each key to its seconds only if it still has no TTL; return how many were set."""
+        ...
+
+    def unlink(self, keys: Sequence[bytes]) -> int:
+        """UNLINK keys; raises NotOursError if any key is outside the cache patterns."""
+        ...
+
+    def existing(self, keys: Sequence[bytes]) -> list[bytes]:
+        """The subset of keys that exist."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+# ---------------------------------------------------------------- vectors (Qdrant)
+
+
+@dataclass(frozen=True)
+class PointInfo:
+    """One point's lifecycle-relevant payload, raw as stored (types are validated by policy)."""
+
+    point_id: str
+    session_id: Any
+    document_id: Any
+    created_at: Any
+    payload_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class VectorPoint:
+    """A point to write (seeding and tests)."""
+
+    point_id: str
+    vector: Sequence[float]
+    payload: dict[str, Any]
+
+
+class VectorStore(Protocol):
+    """Points of the configured Qdrant collection."""
+
+    def ensure_collection(self) -> None:
+        """Create the collection (and payload indexes) if missing."""
+        ...
+
+    def count(self) -> int:
+        """Exact number of points."""
+        ...
+
+    def iter_points(
+        self, batch_size: int, with_payload_size: bool = False
+    ) -> Iterator[list[PointInfo]]:
+        """Stream points (no vectors) in batches."""
+        ...
+
+    def count_for_documents(self, document_ids: Sequence[str]) -> int:
+        """Points whose document_id is one of these."""
+        ...
+
+    def delete_for_documents(self, document_ids: Sequence[str]) -> None:
+        """Server-side delete of points whose document_id is one of these."""
+        ...
+
+    def delete_for_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Server-side delete of points matching any (session_id, document_id) pair."""
+        ...
+
+    def upsert(self, points: Sequence[VectorPoint]) -> None:
+        """Write points."""
+        ...
+
+    def close(self) -> None:
+        """Release the client (and local mode's folder lock)."""
+        ...
+
+
+# ---------------------------------------------------------------- objects (MinIO / S3)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """An object as listed."""
+
+    key: str
+    size: int
+    last_modified: datetime
+
+
+class ObjectStore(Protocol):
+    """Objects of the configured bucket."""
+
+    bucket: str
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if missing."""
+        ...
+
+    def iter_objects(self) -> Iterator[ObjectInfo]:
+        """Stream every object of the bucket (paginated listing)."""
+        ...
+
+    def put(
+        self, key: str, stream: BinaryIO, length: int | None, content_type: str | None
+    ) -> int:
+        """Upload a stream (length None = unknown, multipart); return bytes written."""
+        ...
+
+    def remove(self, keys: Sequence[str]) -> list[str]:
+        """Delete keys, up to 1000 per request; return the keys that failed."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether the object exists."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+# ---------------------------------------------------------------- metadata (MongoDB)
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    """A `documents` record as the lifecycle rules see it.
+
+    `id` is the string form of `_id`. Datetimes are aware UTC. `problem` names why the record
+    cannot be trusted (a missing or wrong-typed field); such records are skipped and counted.
+    """
+
+    id: str
+    user_id: str | None
+    status: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    minio_bucket: str | None
+    minio_key: str | None
+    size_bytes: int | None
+    conversation_id: str | None
+    file_hash: str | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class NewDocument:
+    """Fields of a document rlm's ingest creates."""
+
+    user_id: str
+    filename: str
+    content_type: str
+    size_bytes: int
+    minio_bucket: str
+    minio_key: str
+    file_hash: str
+    status: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class MetadataStats:
+    """Measured size of the metadata store."""
+
+    total_items: int
+    size_bytes: int
+    oldest_created_at: datetime | None
+    sampled: bool = False
+
+
+class MetadataStore(Protocol):
+    """The `documents`, `chat_sessions` and `messages` collections."""
+
+    def ensure_indexes(self) -> None:
+        """Create the unique (user_id, metadata.file_hash) index and lookup indexes."""
+        ...
+
+    def insert_document(self, doc: NewDocument) -> str:
+        """Insert; raises DuplicateDocumentError when the user already holds the hash."""
+        ...
+
+    def find_by_hash(self, user_id: str, file_hash: str) -> DocumentRecord | None:
+        """The user's document with this hash, if any."""
+        ...
+
+    def touch_document(self, doc_id: str, now: datetime) -> None:
+        """Set updated_at = now (a dedup hit keeps the document live)."""
+        ...
+
+    def iter_documents(self, batch_size: int) -> Iterator[list[DocumentRecord]]:
+        """Stream all documents in batches (malformed ones carry `problem`)."""
+        ...
+
+    def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentRecord]:
+        """Documents by id ($in batches); missing ids are absent from the result."""
+        ...
+
+    def active_references(self, doc_ids: Sequence[str], active_since: datetime) -> set[str]:
+        """Those of doc_ids referenced by a session with updated_at >= active_since.
+
+        All four reference paths count: chat_sessions.documents[].doc_id,
+        chat_sessions.attached_file_ids, messages.file_ids (via chat_id) and
+        documents.conversation_id.
+        """
+        ...
+
+    def active_sessions(self, session_ids: Sequence[str], active_since: datetime) -> set[str]:
+        """Those of session_ids whose updated_at >= active_since."""
+        ...
+
+    def referenced_object_keys(self, bucket: str, keys: Sequence[str]) -> set[str]:
+        """Those of keys that some document names as its minio_key in this bucket."""
+        ...
+
+    def delete_documents(self, doc_ids: Sequence[str]) -> int:
+        """Delete documents by id; return how many went."""
+        ...
+
+    def stats(self) -> MetadataStats:
+        """Document count, storage size and oldest created_at."""
+        ...
+
+    def insert_raw(self, collection: str, docs: Iterable[dict[str, Any]]) -> None:
+        """Write raw records shaped as SPEC section 3 (`documents`, `chat_sessions`, `messages`)."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,336 @@
+"""Settings from the environment: the seed's variables, retention profiles, connections, names."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from rlm_core.priority import Thresholds
+
+PROFILES: dict[str, dict[str, str]] = {
+    "high-rotation": {
+        "REDIS_CACHE_TTL_HOURS": "1",
+        "RAG_SESSION_TTL_HOURS": "24",
+        "FILES_TTL_DAYS": "7",
+    },
+    "long-term": {
+        "REDIS_CACHE_TTL_HOURS": "24",
+        "RAG_SESSION_TTL_HOURS": "168",
+        "FILES_TTL_DAYS": "365",
+    },
+    "development": {
+        "REDIS_CACHE_TTL_HOURS": "0.5",
+        "RAG_SESSION_TTL_HOURS": "2",
+        "FILES_TTL_DAYS": "1",
+        "REDIS_CLEANUP_INTERVAL_SECONDS": "1800",
+    },
+}
+
+SECRET_VARIABLES = frozenset({"MINIO_SECRET_KEY", "QDRANT_API_KEY", "MINIO_ACCESS_KEY"})
+
+
+class SettingsError(ValueError):
+    """One or more invalid settings; the message lists every problem at once."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            "invalid rlm configuration:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class Settings:
+    """Everything rlm is configured by; build it with `Settings.from_env`."""
+
+    redis_cache_ttl_hours: float = 1.0
+    rag_session_ttl_hours: float = 24.0
+    files_ttl_days: float = 7.0
+    redis_cleanup_interval_seconds: int = 3600
+    qdrant_cleanup_interval_seconds: int = 21600
+    minio_cleanup_interval_seconds: int = 86400
+    resource_monitoring_interval_seconds: int = 1800
+    cleanup_threshold_critical: float = 0.9
+    cleanup_threshold_high: float = 0.75
+    cleanup_threshold_medium: float = 0.5
+    max_redis_memory_mb: float = 256.0
+    max_qdrant_points: int = 100_000
+    max_minio_storage_gb: float = 50.0
+    max_mongodb_documents: int = 10_000
+    retention_profile: str | None = None
+    redis_url: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    mongodb_url: str | None = None
+    minio_endpoint: str | None = None
+    minio_access_key: str | None = None
+    minio_secret_key: str | None = None
+    minio_secure: bool = False
+    data_dir: Path = Path(".rlm-data")
+    audit_dir: Path | None = None
+    mongodb_database: str = "rag"
+    documents_collection: str = "documents"
+    sessions_collection: str = "chat_sessions"
+    messages_collection: str = "messages"
+    minio_bucket: str = "documents"
+    redis_cache_key_patterns: tuple[str, ...] = ("doc:text:*", "cache:*")
+    redis_document_key_templates: tuple[str, ...] = ("doc:text:{doc_id}",)
+    qdrant_collection: str = "rag_documents"
+    qdrant_vector_size: int = 384
+    max_deletions_per_run: int | None = None
+    store_timeout_seconds: float = 10.0
+    batch_size: int = 1000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Load and validate settings; raises `SettingsError` listing every problem."""
+        source = dict(os.environ if env is None else env)
+        problems: list[str] = []
+        profile = _profile(source, problems)
+        merged = {**PROFILES.get(profile or "", {}), **_non_empty(source)}
+        values: dict[str, Any] = {"retention_profile": profile}
+        for spec in _SPECS:
+            raw = merged.get(spec.env)
+            if raw is None:
+                continue
+            try:
+                values[spec.attr] = spec.parse(raw)
+            except ValueError as exc:
+                problems.append(_problem(spec.env, raw, str(exc)))
+        problems.extend(_cross_checks(cls(**values)))
+        if problems:
+            raise SettingsError(problems)
+        return cls(**values)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """Priority thresholds as a value object."""
+        return Thresholds(
+            medium=self.cleanup_threshold_medium,
+            high=self.cleanup_threshold_high,
+            critical=self.cleanup_threshold_critical,
+        )
+
+    @property
+    def files_ttl_hours(self) -> float:
+        """FILES_TTL_DAYS in hours."""
+        return self.files_ttl_days * 24.0
+
+    @property
+    def audit_path(self) -> Path:
+        """Folder the audit JSON-lines files go to."""
+        return self.audit_dir if self.audit_dir is not None else self.data_dir / "audit"
+
+    def __repr__(self) -> str:
+        return f"Settings({self.public_view()!r})"
+
+    def public_view(self) -> dict[str, Any]:
+        """Settings as a dict with every secret redacted, safe for logs and the UI."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in {"qdrant_api_key", "minio_access_key", "minio_secret_key"}:
+                value = "***" if value else None
+            elif f.name in {"redis_url", "mongodb_url", "qdrant_url"} and value:
+                value = redact_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+
+def redact_url(url: str) -> str:
+    """Replace the password of `scheme://user:password@host` with ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else f"{scheme}://***@{host}"
+
+
+@dataclass(frozen=True)
+class _Spec:
+    env: str
+    attr: str
+    parse: Callable[[str], Any]
+
+
+def _float(raw: str) -> float:
+    allowed = "allowed: a finite number > 0 (fractions such as 0.5 are fine)"
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if not 0 < value < float("inf"):
+        raise ValueError(allowed)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("allowed: a whole number > 0") from None
+    if value <= 0:
+        raise ValueError("allowed: a whole number > 0")
+    return value
+
+
+def _fraction(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError("allowed: a number with 0 < value <= 1") from None
+    if not 0 < value <= 1:
+        raise ValueError("allowed: a number with 0 < value <= 1")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("allowed: true/false, 1/0, yes/no, on/off")
+
+
+def _name(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c in value for c in " /\\$\x00"):
+        raise ValueError("allowed: a non-empty name without spaces, slashes, '$' or NUL")
+    return value
+
+
+def _patterns(raw: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not items:
+        raise ValueError("allowed: a comma-separated list of Redis glob patterns")
+    if any(p in {"*", "?*", "**"} for p in items):
+        raise ValueError("allowed: patterns with a fixed prefix; a bare '*' would match keys not ours")
+    return items
+
+
+def _templates(raw: str) -> tuple[str, ...]:
+    items = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not items or any("{doc_id}" not in p for p in items):
+        raise ValueError("allowed: comma-separated key templates, each containing {doc_id}")
+    return items
+
+
+def _url(raw: str) -> str:
+    value = raw.strip()
+    if "://" not in value:
+        raise ValueError("allowed: a URL such as scheme://host:port")
+    return value
+
+
+def _endpoint(raw: str) -> str:
+    value = raw.strip()
+    if not value or "/" in value.split("://", 1)[-1].rstrip("/"):
+        raise ValueError("allowed: host:port (no path), optionally with http:// or https://")
+    return value
+
+
+def _text(raw: str) -> str:
+    if not raw:
+        raise ValueError("allowed: a non-empty string")
+    return raw
+
+
+def _optional_positive_int(raw: str) -> int | None:
+    return _positive_int(raw)
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("allowed: a folder path")
+    return Path(raw).expanduser()
+
+
+_SPECS: tuple[_Spec, ...] = (
+    _Spec("REDIS_CACHE_TTL_HOURS", "redis_cache_ttl_hours", _float),
+    _Spec("RAG_SESSION_TTL_HOURS", "rag_session_ttl_hours", _float),
+    _Spec("FILES_TTL_DAYS", "files_ttl_days", _float),
+    _Spec("REDIS_CLEANUP_INTERVAL_SECONDS", "redis_cleanup_interval_seconds", _positive_int),
+    _Spec("QDRANT_CLEANUP_INTERVAL_SECONDS", "qdrant_cleanup_interval_seconds", _positive_int),
+    _Spec("MINIO_CLEANUP_INTERVAL_SECONDS", "minio_cleanup_interval_seconds", _positive_int),
+    _Spec(
+        "RESOURCE_MONITORING_INTERVAL_SECONDS",
+        "resource_monitoring_interval_seconds",
+        _positive_int,
+    ),
+    _Spec("CLEANUP_THRESHOLD_CRITICAL", "cleanup_threshold_critical", _fraction),
+    _Spec("CLEANUP_THRESHOLD_HIGH", "cleanup_threshold_high", _fraction),
+    _Spec("CLEANUP_THRESHOLD_MEDIUM", "cleanup_threshold_medium", _fraction),
+    _Spec("MAX_REDIS_MEMORY_MB", "max_redis_memory_mb", _float),
+    _Spec("MAX_QDRANT_POINTS", "max_qdrant_points", _positive_int),
+    _Spec("MAX_MINIO_STORAGE_GB", "max_minio_storage_gb", _float),
+    _Spec("MAX_MONGODB_DOCUMENTS", "max_mongodb_documents", _positive_int),
+    _Spec("REDIS_URL", "redis_url", _url),
+    _Spec("QDRANT_URL", "qdrant_url", _url),
+    _Spec("QDRANT_API_KEY", "qdrant_api_key", _text),
+    _Spec("MONGODB_URL", "mongodb_url", _url),
+    _Spec("MINIO_ENDPOINT", "minio_endpoint", _endpoint),
+    _Spec("MINIO_ACCESS_KEY", "minio_access_key", _text),
+    _Spec("MINIO_SECRET_KEY", "minio_secret_key", _text),
+    _Spec("MINIO_SECURE", "minio_secure", _bool),
+    _Spec("RLM_DATA_DIR", "data_dir", _path),
+    _Spec("RLM_AUDIT_DIR", "audit_dir", _path),
+    _Spec("MONGODB_DATABASE", "mongodb_database", _name),
+    _Spec("RLM_DOCUMENTS_COLLECTION", "documents_collection", _name),
+    _Spec("RLM_SESSIONS_COLLECTION", "sessions_collection", _name),
+    _Spec("RLM_MESSAGES_COLLECTION", "messages_collection", _name),
+    _Spec("MINIO_BUCKET", "minio_bucket", _name),
+    _Spec("REDIS_CACHE_KEY_PATTERNS", "redis_cache_key_patterns", _patterns),
+    _Spec("REDIS_DOCUMENT_KEY_TEMPLATES", "redis_document_key_templates", _templates),
+    _Spec("QDRANT_COLLECTION", "qdrant_collection", _name),
+    _Spec("QDRANT_VECTOR_SIZE", "qdrant_vector_size", _positive_int),
+    _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _optional_positive_int),
+    _Spec("RLM_STORE_TIMEOUT_SECONDS", "store_timeout_seconds", _float),
+    _Spec("RLM_BATCH_SIZE", "batch_size", _positive_int),
+)
+
+ENV_VARIABLES: tuple[str, ...] = ("RLM_RETENTION_PROFILE", *(s.env for s in _SPECS))
+
+
+def _non_empty(source: Mapping[str, str]) -> dict[str, str]:
+    # An exported-but-empty variable means "unset": shells and compose files produce them.
+    return {k: v for k, v in source.items() if v != ""}
+
+
+def _profile(source: Mapping[str, str], problems: list[str]) -> str | None:
+    raw = source.get("RLM_RETENTION_PROFILE", "")
+    if raw == "":
+        return None
+    if raw.strip() not in PROFILES:
+        allowed = ", ".join(PROFILES)
+        problems.append(_problem("RLM_RETENTION_PROFILE", raw, f"allowed: {allowed}"))
+        return None
+    return raw.strip()
+
+
+def _problem(env: str, raw: str, allowed: str) -> str:
+    shown = "***" if env in SECRET_VARIABLES else repr(raw)
+    return f"{env}={shown} is invalid; {allowed}"
+
+
+def _cross_checks(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if not s.cleanup_threshold_medium < s.cleanup_threshold_high < s.cleanup_threshold_critical:
+        problems.append(
+            "CLEANUP_THRESHOLD_MEDIUM/HIGH/CRITICAL="
+            f"{s.cleanup_threshold_medium}/{s.cleanup_threshold_high}/"
+            f"{s.cleanup_threshold_critical} are invalid; allowed: 0 < MEDIUM < HIGH < CRITICAL <= 1"
+        )
+    if s.minio_endpoint and not (s.minio_access_key and s.minio_secret_key):
+        problems.append(
+            "MINIO_ACCESS_KEY/MINIO_SECRET_KEY are missing; allowed: both set when MINIO_ENDPOINT is set"
+        )
+    return problems

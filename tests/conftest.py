@@ -1,0 +1,95 @@
+"""Shared fixtures: real services, fresh stores per test, a fake clock."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mongomock
+import pytest
+import redis
+from minio import Minio
+from qdrant_client import QdrantClient
+
+from rlm_core.clock import FakeClock
+from tests.services import (
+    POSTGRES_URL,
+    RedisServer,
+    S3Server,
+    postgres_available,
+    redis_server,
+    require_or_skip,
+    s3_server,
+)
+
+S3_ACCESS_KEY = "rlm-test-access"
+S3_SECRET_KEY = "rlm-test-secret-value"
+
+os.environ.setdefault("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY)
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[RedisServer]:
+    """A private redis-server for the whole session (never 6379)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_client(redis_srv: RedisServer) -> Iterator[redis.Redis]:
+    """A client on a flushed database of the private server."""
+    client = redis.Redis(host="127.0.0.1", port=redis_srv.port, socket_timeout=10)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def s3_srv() -> Iterator[S3Server]:
+    """moto's S3 server for the whole session."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def minio_client(s3_srv: S3Server) -> Minio:
+    """The real minio client speaking HTTP to the S3 server."""
+    return Minio(s3_srv.endpoint, access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY, secure=False)
+
+
+@pytest.fixture
+def bucket_name() -> str:
+    """A fresh bucket name per test."""
+    return f"rlm-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def qdrant_client(tmp_path: Path) -> Iterator[QdrantClient]:
+    """qdrant-client's local on-disk engine in a temporary folder."""
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mongo_db() -> mongomock.Database:
+    """A mongomock database standing in for pymongo's Database."""
+    return mongomock.MongoClient(tz_aware=False)["rag"]
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """PostgreSQL for Dagster storage on 127.0.0.1:5432."""
+    if not postgres_available():
+        require_or_skip("PostgreSQL is not answering on 127.0.0.1:5432")
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock the test moves by hand."""
+    return FakeClock()
