@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 
-class ResourceType(str, enum.Enum):
+class ResourceType(enum.StrEnum):
     """A store rlm manages, named as the seed's API names it."""
 
     REDIS_CACHE = "redis_cache"

@@ -22,7 +22,8 @@ class JsonFormatter(logging.Formatter):
         payload: dict[str, Any] = {"event": record.getMessage(), "level": record.levelname}
         payload.update(getattr(record, "rlm_fields", {}))
         payload.setdefault(
-            "timestamp", datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z")
+            "timestamp",
+            datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
         )
         return json.dumps(payload, default=str, sort_keys=False)
 
@@ -34,8 +35,10 @@ def get_logger() -> logging.Logger:
         handler = logging.StreamHandler()
         handler.setFormatter(JsonFormatter())
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         logger.propagate = True
+    # Also when a handler was attached first: left unset, the root's WARNING would drop INFO events.
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
     return logger
 
 

@@ -42,6 +42,16 @@ class CacheKey:
     memory_bytes: int | None = None
 
 
+@dataclass(frozen=True)
+class CacheSeed:
+    """A key to write (demo data and tests); idle_seconds backdates its idle time."""
+
+    key: bytes
+    value: bytes
+    ttl_seconds: int | None
+    idle_seconds: int = 0
+
+
 class CacheStore(Protocol):
     """Redis cache keys matching the configured patterns; nothing else is visible."""
 
@@ -65,6 +75,10 @@ class CacheStore(Protocol):
 
     def existing(self, keys: Sequence[bytes]) -> list[bytes]:
         """The subset of keys that exist."""
+        ...
+
+    def seed(self, items: Sequence[CacheSeed]) -> None:
+        """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
         ...
 
     def close(self) -> None:
@@ -158,9 +172,7 @@ class ObjectStore(Protocol):
         """Stream every object of the bucket (paginated listing)."""
         ...
 
-    def put(
-        self, key: str, stream: BinaryIO, length: int | None, content_type: str | None
-    ) -> int:
+    def put(self, key: str, stream: BinaryIO, length: int | None, content_type: str | None) -> int:
         """Upload a stream (length None = unknown, multipart); return bytes written."""
         ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from rlm_core.clock import to_utc
 from rlm_core.domain import CleanupPriority, CleanupTask
 
 
@@ -30,7 +31,10 @@ def classify_priority(usage: float, thresholds: Thresholds) -> CleanupPriority:
 
 def order_tasks(tasks: Iterable[CleanupTask], limit: int | None = None) -> list[CleanupTask]:
     """Most urgent first, then first in first out; at most `limit` tasks."""
-    indexed = sorted(enumerate(tasks), key=lambda it: (it[1].priority, it[1].created_at, it[0]))
+    # to_utc: a naive created_at (as pymongo returns it) must not crash the sort against aware ones.
+    indexed = sorted(
+        enumerate(tasks), key=lambda it: (it[1].priority, to_utc(it[1].created_at), it[0])
+    )
     ordered = [task for _, task in indexed]
     return ordered if limit is None else ordered[: max(0, limit)]
 

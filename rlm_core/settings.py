@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from rlm_core.priority import Thresholds
 
@@ -37,9 +38,7 @@ class SettingsError(ValueError):
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(
-            "invalid rlm configuration:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        super().__init__("invalid rlm configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass(frozen=True, repr=False)
@@ -212,34 +211,70 @@ def _patterns(raw: str) -> tuple[str, ...]:
     items = tuple(p.strip() for p in raw.split(",") if p.strip())
     if not items:
         raise ValueError("allowed: a comma-separated list of Redis glob patterns")
-    if any(p in {"*", "?*", "**"} for p in items):
-        raise ValueError("allowed: patterns with a fixed prefix; a bare '*' would match keys not ours")
+    # A pattern opening with a wildcard ('*', '?*', '*:x', '[a-z]*') matches keys that are not ours.
+    if any(p[0] in "*?[\\" for p in items):
+        raise ValueError(
+            "allowed: patterns with a fixed prefix; a bare '*' would match keys not ours"
+        )
     return items
 
 
 def _templates(raw: str) -> tuple[str, ...]:
     items = tuple(p.strip() for p in raw.split(",") if p.strip())
-    if not items or any("{doc_id}" not in p for p in items):
-        raise ValueError("allowed: comma-separated key templates, each containing {doc_id}")
+    if not items or not all(_is_doc_template(p) for p in items):
+        raise ValueError(
+            "allowed: comma-separated key templates, each containing {doc_id} and no other {field}"
+        )
     return items
 
 
-def _url(raw: str) -> str:
-    value = raw.strip()
-    if "://" not in value:
-        raise ValueError("allowed: a URL such as scheme://host:port")
-    return value
+def _is_doc_template(template: str) -> bool:
+    # Cleanup calls template.format(doc_id=...): any other field would fail mid-sweep.
+    if "{doc_id}" not in template:
+        return False
+    try:
+        template.format(doc_id="")
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    allowed = f"allowed: a URL scheme://host[:port][/path] with scheme {_either(schemes)}"
+
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        scheme = value.partition("://")[0].lower()
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            raise ValueError(allowed) from None
+        located = parts.path.strip("/") if scheme == "unix" else parts.hostname
+        if "://" not in value or scheme not in schemes or not located:
+            raise ValueError(allowed)
+        if any(c.isspace() for c in value):
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def _either(options: tuple[str, ...]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
 
 
 def _endpoint(raw: str) -> str:
     value = raw.strip()
-    if not value or "/" in value.split("://", 1)[-1].rstrip("/"):
-        raise ValueError("allowed: host:port (no path), optionally with http:// or https://")
+    hostport = value.split("://", 1)[-1].rstrip("/")
+    if not hostport or "/" in hostport or "@" in hostport or any(c.isspace() for c in value):
+        raise ValueError(
+            "allowed: host:port (no path, no credentials), optionally with http:// or https://"
+        )
     return value
 
 
 def _text(raw: str) -> str:
-    if not raw:
+    if not raw.strip():
         raise ValueError("allowed: a non-empty string")
     return raw
 
@@ -273,10 +308,10 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("MAX_QDRANT_POINTS", "max_qdrant_points", _positive_int),
     _Spec("MAX_MINIO_STORAGE_GB", "max_minio_storage_gb", _float),
     _Spec("MAX_MONGODB_DOCUMENTS", "max_mongodb_documents", _positive_int),
-    _Spec("REDIS_URL", "redis_url", _url),
-    _Spec("QDRANT_URL", "qdrant_url", _url),
+    _Spec("REDIS_URL", "redis_url", _url("redis", "rediss", "unix")),
+    _Spec("QDRANT_URL", "qdrant_url", _url("http", "https")),
     _Spec("QDRANT_API_KEY", "qdrant_api_key", _text),
-    _Spec("MONGODB_URL", "mongodb_url", _url),
+    _Spec("MONGODB_URL", "mongodb_url", _url("mongodb", "mongodb+srv")),
     _Spec("MINIO_ENDPOINT", "minio_endpoint", _endpoint),
     _Spec("MINIO_ACCESS_KEY", "minio_access_key", _text),
     _Spec("MINIO_SECRET_KEY", "minio_secret_key", _text),
@@ -317,17 +352,35 @@ def _profile(source: Mapping[str, str], problems: list[str]) -> str | None:
 
 
 def _problem(env: str, raw: str, allowed: str) -> str:
-    shown = "***" if env in SECRET_VARIABLES else repr(raw)
+    if env in SECRET_VARIABLES:
+        shown = "***"
+    elif env in _CONNECTION_VARIABLES:
+        shown = repr(_redact_credentials(raw))
+    else:
+        shown = repr(raw)
     return f"{env}={shown} is invalid; {allowed}"
+
+
+_CONNECTION_VARIABLES = frozenset({"REDIS_URL", "QDRANT_URL", "MONGODB_URL", "MINIO_ENDPOINT"})
+
+
+def _redact_credentials(raw: str) -> str:
+    # An invalid URL may still hold a password before its '@': hide everything up to the last '@'.
+    if "@" not in raw:
+        return raw
+    scheme, sep, rest = raw.partition("://")
+    host = (rest if sep else raw).rpartition("@")[2]
+    return f"{scheme}://***@{host}" if sep else f"***@{host}"
 
 
 def _cross_checks(s: Settings) -> list[str]:
     problems: list[str] = []
     if not s.cleanup_threshold_medium < s.cleanup_threshold_high < s.cleanup_threshold_critical:
         problems.append(
-            "CLEANUP_THRESHOLD_MEDIUM/HIGH/CRITICAL="
-            f"{s.cleanup_threshold_medium}/{s.cleanup_threshold_high}/"
-            f"{s.cleanup_threshold_critical} are invalid; allowed: 0 < MEDIUM < HIGH < CRITICAL <= 1"
+            f"CLEANUP_THRESHOLD_MEDIUM={s.cleanup_threshold_medium}, "
+            f"CLEANUP_THRESHOLD_HIGH={s.cleanup_threshold_high}, "
+            f"CLEANUP_THRESHOLD_CRITICAL={s.cleanup_threshold_critical} are invalid together; "
+            "allowed: 0 < MEDIUM < HIGH < CRITICAL <= 1"
         )
     if s.minio_endpoint and not (s.minio_access_key and s.minio_secret_key):
         problems.append(

@@ -1,0 +1,199 @@
+"""VectorStore over qdrant-client: a Qdrant server, or the local on-disk engine in RLM_DATA_DIR."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from rlm_core.ports import PointInfo, StoreError, VectorPoint
+
+LIFECYCLE_FIELDS = ("session_id", "document_id", "created_at")
+INDEXED_FIELDS = ("session_id", "document_id")
+_DOCUMENT_BATCH = 256
+_PAIR_BATCH = 128
+_UPSERT_BATCH = 256
+
+_T = TypeVar("_T")
+
+
+class QdrantVectorStore:
+    """Points of one Qdrant collection, read and deleted by their lifecycle payload."""
+
+    def __init__(self, client: QdrantClient, collection: str, vector_size: int) -> None:
+        self._client = client
+        self.collection = collection
+        self.vector_size = vector_size
+
+    def ensure_collection(self) -> None:
+        """Create the collection (cosine, vector_size) and keyword payload indexes if missing."""
+        with self._errors("create collection"):
+            if not self._client.collection_exists(self.collection):
+                self._client.create_collection(
+                    self.collection,
+                    vectors_config=models.VectorParams(
+                        size=self.vector_size, distance=models.Distance.COSINE
+                    ),
+                )
+            self._ensure_indexes()
+
+    def count(self) -> int:
+        """Exact number of points; 0 when the collection does not exist yet."""
+        if not self._exists():
+            return 0
+        with self._errors("count"):
+            return self._client.count(self.collection, exact=True).count
+
+    def iter_points(
+        self, batch_size: int, with_payload_size: bool = False
+    ) -> Iterator[list[PointInfo]]:
+        """Stream points (no vectors) in batches; nothing when the collection does not exist."""
+        payload: list[str] | bool = True if with_payload_size else list(LIFECYCLE_FIELDS)
+        if not self._exists():
+            return
+        with self._errors("scroll"):
+            offset: models.ExtendedPointId | None = None
+            while True:
+                records, offset = self._client.scroll(
+                    self.collection,
+                    limit=batch_size,
+                    offset=offset,
+                    with_payload=payload,
+                    with_vectors=False,
+                )
+                if records:
+                    yield [_point_info(r, with_payload_size) for r in records]
+                if offset is None:
+                    return
+
+    def count_for_documents(self, document_ids: Sequence[str]) -> int:
+        """Points whose document_id is one of these (0 when the collection does not exist)."""
+        total = 0
+        if not self._exists():
+            return 0
+        with self._errors("count"):
+            for chunk in _chunks(document_ids, _DOCUMENT_BATCH):
+                total += self._client.count(
+                    self.collection, count_filter=_documents_filter(chunk), exact=True
+                ).count
+        return total
+
+    def delete_for_documents(self, document_ids: Sequence[str]) -> None:
+        """Server-side delete of points whose document_id is one of these."""
+        if not self._exists():
+            return
+        for chunk in _chunks(document_ids, _DOCUMENT_BATCH):
+            self._delete(_documents_filter(chunk))
+
+    def delete_for_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Server-side delete of points matching any (session_id, document_id) pair."""
+        if not self._exists():
+            return
+        for chunk in _chunks(pairs, _PAIR_BATCH):
+            self._delete(models.Filter(should=[_pair_filter(s, d) for s, d in chunk]))
+
+    def upsert(self, points: Sequence[VectorPoint]) -> None:
+        """Write points, waiting until they are applied."""
+        with self._errors("upsert"):
+            for chunk in _chunks(points, _UPSERT_BATCH):
+                structs = [
+                    models.PointStruct(id=p.point_id, vector=list(p.vector), payload=p.payload)
+                    for p in chunk
+                ]
+                self._client.upsert(self.collection, points=structs, wait=True)
+
+    def close(self) -> None:
+        """Release the client (and local mode's folder lock)."""
+        self._client.close()
+
+    def _exists(self) -> bool:
+        with self._errors("look up collection"):
+            return self._client.collection_exists(self.collection)
+
+    def _ensure_indexes(self) -> None:
+        existing = self._client.get_collection(self.collection).payload_schema
+        with warnings.catch_warnings():
+            # Local mode accepts and ignores payload indexes, warning once; servers use them.
+            warnings.filterwarnings("ignore", message="Payload indexes have no effect")
+            for field in INDEXED_FIELDS:
+                if field not in existing:
+                    self._client.create_payload_index(
+                        self.collection, field, field_schema=models.PayloadSchemaType.KEYWORD
+                    )
+
+    def _delete(self, points_filter: models.Filter) -> None:
+        with self._errors("delete"):
+            self._client.delete(
+                self.collection,
+                points_selector=models.FilterSelector(filter=points_filter),
+                wait=True,
+            )
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except UnexpectedResponse as exc:
+            if exc.status_code is not None and exc.status_code < 500:
+                raise
+            raise StoreError(f"Qdrant {action} on {self.collection!r} failed: {exc}") from exc
+        except (ResponseHandlingException, httpx.HTTPError) as exc:
+            raise StoreError(f"Qdrant {action} on {self.collection!r} failed: {exc}") from exc
+
+
+def connect_qdrant(
+    url: str | None, api_key: str | None, data_dir: Path, timeout: float
+) -> QdrantClient:
+    """A client on QDRANT_URL, or the local engine in data_dir/qdrant.
+
+    Local mode holds an exclusive lock on its folder for the client's lifetime, so callers open
+    late and close early; a folder held by another process raises StoreError (retry later).
+    """
+    if url:
+        return QdrantClient(url=url, api_key=api_key, timeout=max(1, round(timeout)))
+    folder = data_dir / "qdrant"
+    try:
+        return QdrantClient(path=str(folder))
+    except RuntimeError as exc:
+        raise StoreError(f"embedded Qdrant folder {folder} is unavailable: {exc}") from exc
+
+
+def _point_info(record: models.Record, with_payload_size: bool) -> PointInfo:
+    payload = record.payload or {}
+    size = len(json.dumps(payload).encode()) if with_payload_size else None
+    return PointInfo(
+        point_id=str(record.id),
+        session_id=payload.get("session_id"),
+        document_id=payload.get("document_id"),
+        created_at=payload.get("created_at"),
+        payload_bytes=size,
+    )
+
+
+def _documents_filter(document_ids: Sequence[str]) -> models.Filter:
+    return models.Filter(
+        must=[
+            models.FieldCondition(key="document_id", match=models.MatchAny(any=list(document_ids)))
+        ]
+    )
+
+
+def _pair_filter(session_id: str, document_id: str) -> models.Filter:
+    return models.Filter(
+        must=[
+            models.FieldCondition(key="session_id", match=models.MatchValue(value=session_id)),
+            models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)),
+        ]
+    )
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

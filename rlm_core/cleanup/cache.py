@@ -1,0 +1,57 @@
+"""Redis sweep: cache keys without a TTL are the leak; unlink the idle ones, bound the rest."""
+
+from __future__ import annotations
+
+from rlm_core.audit import AuditEntry
+from rlm_core.cleanup.context import Sweep
+from rlm_core.policy import CacheAction, cache_action
+from rlm_core.ports import CacheKey
+
+
+def sweep_cache(sweep: Sweep) -> None:
+    """UNLINK persistent keys idle past REDIS_CACHE_TTL_HOURS; EXPIRE the others to time left."""
+    cache = sweep.stores.cache()
+    ttl_seconds = max(1, round(sweep.settings.redis_cache_ttl_hours * 3600))
+    for batch in cache.scan(sweep.settings.batch_size):
+        unlink: list[CacheKey] = []
+        expire: list[tuple[bytes, int]] = []
+        for key in batch:
+            action, seconds = cache_action(key, ttl_seconds)
+            if action is CacheAction.UNLINK:
+                unlink.append(key)
+            elif action is CacheAction.EXPIRE:
+                expire.append((key.key, seconds))
+        _unlink(sweep, sweep.granted(unlink), ttl_seconds)
+        _repair(sweep, expire)
+
+
+def _unlink(sweep: Sweep, keys: list[CacheKey], ttl_seconds: int) -> None:
+    if not keys:
+        return
+    sweep.audit.record([_entry(key, ttl_seconds) for key in keys])
+    if sweep.dry_run:
+        sweep.report.add_deleted("redis", len(keys))
+        return
+    # The script re-checks TTL and idleness atomically, so a key read or given a TTL since the
+    # scan is kept.
+    gone = sweep.stores.cache().unlink_idle([k.key for k in keys], ttl_seconds)
+    sweep.report.add_deleted("redis", len(gone))
+
+
+def _repair(sweep: Sweep, items: list[tuple[bytes, int]]) -> None:
+    if not items:
+        return
+    if sweep.dry_run:
+        sweep.report.repaired += len(items)
+        return
+    sweep.report.repaired += sweep.stores.cache().expire_if_persistent(items)
+
+
+def _entry(key: CacheKey, ttl_seconds: int) -> AuditEntry:
+    return AuditEntry(
+        store="redis",
+        action="unlink",
+        target=key.key.decode("utf-8", "backslashreplace"),
+        size_bytes=key.memory_bytes or 0,
+        reason=f"no TTL and idle {key.idle_seconds}s >= REDIS_CACHE_TTL ({ttl_seconds}s)",
+    )

@@ -1,0 +1,59 @@
+"""Object sweep: orphan objects (no document names them) older than FILES_TTL_DAYS."""
+
+from __future__ import annotations
+
+from rlm_core.audit import AuditEntry
+from rlm_core.cleanup.context import Sweep, chunked
+from rlm_core.policy import object_is_old
+from rlm_core.ports import ObjectInfo
+
+S3_DELETE_BATCH = 1000
+
+
+def sweep_orphan_objects(sweep: Sweep) -> None:
+    """List first, then read references per page, then batch-delete the old unreferenced ones."""
+    if not sweep.metadata_populated:
+        sweep.report.errors.append(
+            "minio: refusing the orphan sweep because the metadata store holds no documents "
+            "(check MONGODB_URL, MONGODB_DATABASE and RLM_DOCUMENTS_COLLECTION)"
+        )
+        return
+    objects = sweep.stores.objects()
+    for page in chunked(objects.iter_objects(), S3_DELETE_BATCH):
+        old = [obj for obj in page if object_is_old(obj, sweep.retention)]
+        if old:
+            _delete_orphans(sweep, old)
+        if sweep.budget.exhausted:
+            sweep.report.capped = True
+            return
+
+
+def _delete_orphans(sweep: Sweep, old: list[ObjectInfo]) -> None:
+    bucket = sweep.stores.objects().bucket
+    referenced = sweep.stores.metadata().referenced_object_keys(bucket, [o.key for o in old])
+    orphans = sweep.granted([o for o in old if o.key not in referenced])
+    if not orphans:
+        return
+    sweep.audit.record([_entry(sweep, o) for o in orphans])
+    if sweep.dry_run:
+        sweep.report.add_deleted("minio", len(orphans), sum(o.size for o in orphans))
+        return
+    failed = set(sweep.stores.objects().remove([o.key for o in orphans]))
+    done = [o for o in orphans if o.key not in failed]
+    sweep.report.add_deleted("minio", len(done), sum(o.size for o in done))
+    if failed:
+        sweep.report.errors.append(f"minio: {len(failed)} object(s) could not be deleted")
+
+
+def _entry(sweep: Sweep, obj: ObjectInfo) -> AuditEntry:
+    return AuditEntry(
+        store="minio",
+        action="delete_orphan_object",
+        target=obj.key,
+        size_bytes=obj.size,
+        reason=(
+            f"no document references it and last modified {obj.last_modified.isoformat()} "
+            f"is older than FILES_TTL_DAYS={sweep.settings.files_ttl_days}"
+        ),
+        extra={"bucket": sweep.stores.objects().bucket},
+    )

@@ -1,0 +1,197 @@
+"""LifecycleManager: the binding Python API that composes ports, policy and sweeps."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
+
+from rlm_core.audit import AuditLog
+from rlm_core.cleanup.cache import sweep_cache
+from rlm_core.cleanup.context import Budget, Sweep
+from rlm_core.cleanup.documents import expire_documents
+from rlm_core.cleanup.objects import sweep_orphan_objects
+from rlm_core.cleanup.vectors import sweep_vectors
+from rlm_core.clock import Clock, SystemClock
+from rlm_core.dedup import ingest
+from rlm_core.domain import CleanupReport, IngestResult, ResourceMetrics, ResourceType
+from rlm_core.events import MONITORING_COMPLETED, log_event
+from rlm_core.monitoring import measure_cache, measure_metadata, measure_objects, measure_vectors
+from rlm_core.policy import Retention
+from rlm_core.ports import StoreError
+from rlm_core.settings import Settings
+from rlm_core.stores import Stores
+
+if TYPE_CHECKING:
+    from minio import Minio
+    from pymongo.database import Database
+    from qdrant_client import QdrantClient
+    from redis import Redis
+
+T = TypeVar("T")
+_Step = Callable[[Sweep], None]
+
+# Which sweeps each resource type runs, in order. Document expiry comes first so the store
+# sweeps after it see the cascade's result.
+PLANS: dict[ResourceType | None, tuple[_Step, ...]] = {
+    ResourceType.REDIS_CACHE: (sweep_cache,),
+    ResourceType.QDRANT_VECTORS: (sweep_vectors,),
+    ResourceType.MINIO_FILES: (expire_documents, sweep_orphan_objects),
+    ResourceType.MONGODB_METADATA: (expire_documents,),
+    None: (expire_documents, sweep_cache, sweep_vectors, sweep_orphan_objects),
+}
+
+_STEP_STORE: dict[_Step, str] = {
+    expire_documents: "mongodb",
+    sweep_cache: "redis",
+    sweep_vectors: "qdrant",
+    sweep_orphan_objects: "minio",
+}
+
+
+class LifecycleManager:
+    """Measures, cleans and deduplicates the RAG stores."""
+
+    def __init__(self, settings: Settings, stores: Stores, clock: Clock) -> None:
+        self.settings = settings
+        self.stores = stores
+        self.clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock | None = None) -> LifecycleManager:
+        """Connect lazily to the configured servers, or to the embedded stores under RLM_DATA_DIR."""
+        return cls(settings, Stores.from_settings(settings), clock or SystemClock())
+
+    @classmethod
+    def from_clients(
+        cls,
+        settings: Settings,
+        *,
+        redis: Redis,
+        qdrant: QdrantClient,
+        minio: Minio,
+        mongo_db: Database[Any],
+        clock: Clock,
+    ) -> LifecycleManager:
+        """Wrap already-built clients (redis.Redis, QdrantClient, Minio, pymongo Database)."""
+        stores = Stores.from_clients(
+            settings, redis=redis, qdrant=qdrant, minio=minio, mongo_db=mongo_db
+        )
+        return cls(settings, stores, clock)
+
+    def metrics(
+        self, resource_types: Iterable[ResourceType] | None = None
+    ) -> dict[ResourceType, ResourceMetrics]:
+        """Measure each store asked for (all by default); raises StoreError if one is down."""
+        wanted = list(resource_types) if resource_types is not None else list(ResourceType)
+        now = self.clock.now()
+        measures = {
+            ResourceType.REDIS_CACHE: lambda: measure_cache(
+                self.stores.cache(), self.settings, now
+            ),
+            ResourceType.QDRANT_VECTORS: lambda: measure_vectors(
+                self.stores.vectors(), self.settings, now
+            ),
+            ResourceType.MINIO_FILES: lambda: measure_objects(
+                self.stores.objects(), self.settings, now
+            ),
+            ResourceType.MONGODB_METADATA: lambda: measure_metadata(
+                self.stores.metadata(), self.settings, now
+            ),
+        }
+        result = {rt: measures[rt]() for rt in wanted}
+        log_event(
+            MONITORING_COMPLETED,
+            metrics={
+                rt.store: {
+                    "usage_percentage": m.usage_percentage / 100.0,
+                    "priority": m.cleanup_priority.name,
+                }
+                for rt, m in result.items()
+            },
+            timestamp=now.isoformat().replace("+00:00", "Z"),
+        )
+        return result
+
+    def cleanup(
+        self,
+        resource_type: ResourceType | None = None,
+        dry_run: bool = False,
+        max_deletions: int | None = None,
+        run_id: str | None = None,
+    ) -> CleanupReport:
+        """Clean one store (or all, when None) by the rules of SPEC section 4."""
+        if max_deletions is not None and (isinstance(max_deletions, bool) or max_deletions < 1):
+            raise ValueError(
+                f"max_deletions: {max_deletions!r} is not valid; allowed: a whole number >= 1 or None"
+            )
+        cap = max_deletions if max_deletions is not None else self.settings.max_deletions_per_run
+        sweep = self._sweep(run_id or uuid.uuid4().hex, dry_run, cap)
+        try:
+            if {sweep_vectors, sweep_orphan_objects} & set(PLANS[resource_type]):
+                sweep.metadata_populated = self._metadata_populated(sweep)
+            for step in PLANS[resource_type]:
+                self._run_step(step, sweep)
+        finally:
+            sweep.audit.close()
+        return sweep.report
+
+    def _sweep(self, run_id: str, dry_run: bool, cap: int | None) -> Sweep:
+        now = self.clock.now()
+        s = self.settings
+        retention = Retention(
+            now=now,
+            session_ttl=timedelta(hours=s.rag_session_ttl_hours),
+            files_ttl=timedelta(days=s.files_ttl_days),
+            cache_ttl=timedelta(hours=s.redis_cache_ttl_hours),
+        )
+        audit = AuditLog(s.audit_path, run_id, dry_run, now)
+        report = CleanupReport(run_id=run_id, dry_run=dry_run, audit_path=str(audit.path))
+        for store in ("redis", "qdrant", "minio", "mongodb"):
+            report.deleted_counts.setdefault(store, 0)
+        return Sweep(s, self.stores, retention, audit, Budget(cap), report)
+
+    def _metadata_populated(self, sweep: Sweep) -> bool:
+        # An empty metadata store makes every point and object look orphaned: far likelier a
+        # wrong database name than a real state, so orphan sweeps stop instead of emptying the
+        # stores. It is read before the cascade, which may legitimately empty it.
+        try:
+            return any(batch for batch in self.stores.metadata().iter_documents(1))
+        except StoreError as exc:
+            sweep.report.errors.append(f"mongodb: {exc}")
+            return False
+
+    def _run_step(self, step: _Step, sweep: Sweep) -> None:
+        if sweep.budget.exhausted:
+            sweep.report.capped = True
+            return
+        try:
+            step(sweep)
+        except StoreError as exc:
+            # One store down stops its own sweep; the others still run. The report fails.
+            sweep.report.errors.append(f"{_STEP_STORE[step]}: {exc}")
+
+    def ingest(
+        self, user_id: str, filename: str, stream: BinaryIO, content_type: str | None = None
+    ) -> IngestResult:
+        """Upload with per-user SHA-256 dedup (SPEC section 5)."""
+        return ingest(
+            self.stores.objects(),
+            self.stores.metadata(),
+            self.clock,
+            user_id=user_id,
+            filename=filename,
+            stream=stream,
+            content_type=content_type,
+        )
+
+    def close(self) -> None:
+        """Close every opened client (releases Qdrant local mode's folder lock)."""
+        self.stores.close()
+
+    def __enter__(self) -> LifecycleManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

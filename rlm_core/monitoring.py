@@ -1,0 +1,110 @@
+"""Measured usage of each store (SPEC section 6): counts, bytes and ages read, never guessed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from rlm_core.clock import age_hours
+from rlm_core.domain import ResourceMetrics, ResourceType
+from rlm_core.policy import parse_point
+from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, VectorStore
+from rlm_core.priority import classify_priority
+from rlm_core.settings import Settings
+
+MIB = 1024 * 1024
+PAYLOAD_SAMPLE_POINTS = 2000
+
+
+@dataclass(frozen=True)
+class _Usage:
+    total_items: int
+    size_bytes: int
+    oldest_age_hours: float
+    usage_fraction: float
+    sampled: bool = False
+
+
+def measure_cache(cache: CacheStore, settings: Settings, now: datetime) -> ResourceMetrics:
+    """Memory and idle age of the cache keys only (SCAN + pipelined MEMORY USAGE)."""
+    total = size = 0
+    oldest_idle = 0
+    for batch in cache.scan(settings.batch_size, with_memory=True):
+        total += len(batch)
+        size += sum(k.memory_bytes or 0 for k in batch)
+        oldest_idle = max([oldest_idle, *(k.idle_seconds or 0 for k in batch)])
+    limit = settings.max_redis_memory_mb * MIB
+    usage = _Usage(total, size, oldest_idle / 3600.0, size / limit)
+    return _metrics(ResourceType.REDIS_CACHE, usage, settings, now)
+
+
+def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> ResourceMetrics:
+    """Exact point count; size = points x dim x 4 + payload (sampled); oldest created_at."""
+    count = vectors.count()
+    oldest: datetime | None = None
+    for batch in vectors.iter_points(settings.batch_size):
+        for point in batch:
+            parsed = parse_point(point)
+            if parsed and (oldest is None or parsed.created_at < oldest):
+                oldest = parsed.created_at
+    payload, sampled = _payload_bytes(vectors, count)
+    size = count * settings.qdrant_vector_size * 4 + payload
+    age = age_hours(now, oldest) if oldest else 0.0
+    usage = _Usage(count, size, age, count / settings.max_qdrant_points, sampled)
+    return _metrics(ResourceType.QDRANT_VECTORS, usage, settings, now)
+
+
+def _payload_bytes(vectors: VectorStore, count: int) -> tuple[int, bool]:
+    # Payload text is the bulk of a point's bytes; reading all of it to weigh it is the cost
+    # of a full export, so a prefix sample is extrapolated and flagged.
+    seen = weight = 0
+    for batch in vectors.iter_points(min(PAYLOAD_SAMPLE_POINTS, 500), with_payload_size=True):
+        seen += len(batch)
+        weight += sum(p.payload_bytes or 0 for p in batch)
+        if seen >= PAYLOAD_SAMPLE_POINTS:
+            break
+    if seen == 0:
+        return 0, False
+    if seen >= count:
+        return weight, False
+    return round(weight / seen * count), True
+
+
+def measure_objects(objects: ObjectStore, settings: Settings, now: datetime) -> ResourceMetrics:
+    """Object count, bytes and oldest last_modified from a full (paginated) listing."""
+    total = size = 0
+    oldest: datetime | None = None
+    for obj in objects.iter_objects():
+        total += 1
+        size += obj.size
+        if oldest is None or obj.last_modified < oldest:
+            oldest = obj.last_modified
+    limit = settings.max_minio_storage_gb * 1024 * MIB
+    age = age_hours(now, oldest) if oldest else 0.0
+    usage = _Usage(total, size, age, size / limit)
+    return _metrics(ResourceType.MINIO_FILES, usage, settings, now)
+
+
+def measure_metadata(metadata: MetadataStore, settings: Settings, now: datetime) -> ResourceMetrics:
+    """Document count, storage size and oldest created_at."""
+    stats = metadata.stats()
+    age = age_hours(now, stats.oldest_created_at) if stats.oldest_created_at else 0.0
+    fraction = stats.total_items / settings.max_mongodb_documents
+    usage = _Usage(stats.total_items, stats.size_bytes, age, fraction, stats.sampled)
+    return _metrics(ResourceType.MONGODB_METADATA, usage, settings, now)
+
+
+def _metrics(
+    resource: ResourceType, usage: _Usage, settings: Settings, now: datetime
+) -> ResourceMetrics:
+    return ResourceMetrics(
+        resource_type=resource,
+        total_items=usage.total_items,
+        size_mb=usage.size_bytes / MIB,
+        usage_percentage=usage.usage_fraction * 100.0,
+        cleanup_priority=classify_priority(usage.usage_fraction, settings.thresholds),
+        oldest_age_hours=usage.oldest_age_hours,
+        measured_at=now.astimezone(UTC),
+        sampled=usage.sampled,
+        detail={"size_bytes": usage.size_bytes, "usage_fraction": usage.usage_fraction},
+    )

@@ -1,0 +1,111 @@
+"""Pure lifecycle rules (SPEC section 4): values in, verdicts out; no I/O."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from rlm_core.ports import CacheKey, DocumentRecord, ObjectInfo, PointInfo
+
+IN_FLIGHT_STATUSES = frozenset({"uploading", "processing"})
+UPLOAD_SESSION_PREFIX = "upload_"
+
+
+@dataclass(frozen=True)
+class Retention:
+    """The cut-off instants of one sweep, fixed from the injected clock at its start."""
+
+    now: datetime
+    session_ttl: timedelta
+    files_ttl: timedelta
+    cache_ttl: timedelta
+
+    @property
+    def active_since(self) -> datetime:
+        """Sessions updated at or after this instant are active."""
+        return self.now - self.session_ttl
+
+    @property
+    def files_cutoff(self) -> datetime:
+        """Documents and objects last touched before this instant are old."""
+        return self.now - self.files_ttl
+
+
+class DocumentVerdict(enum.Enum):
+    """What the age rules say of a document before references are read."""
+
+    MALFORMED = "malformed"
+    IN_FLIGHT = "in_flight"
+    RECENT = "recent"
+    CANDIDATE = "candidate"
+
+
+def last_touched(doc: DocumentRecord) -> datetime | None:
+    """updated_at, else created_at."""
+    return doc.updated_at or doc.created_at
+
+
+def document_verdict(doc: DocumentRecord, retention: Retention) -> DocumentVerdict:
+    """Classify a document by shape, status and age; CANDIDATE still needs a reference check."""
+    touched = last_touched(doc)
+    if doc.problem is not None or touched is None or not isinstance(doc.status, str):
+        return DocumentVerdict.MALFORMED
+    if doc.status in IN_FLIGHT_STATUSES:
+        return DocumentVerdict.IN_FLIGHT
+    if touched >= retention.files_cutoff:
+        return DocumentVerdict.RECENT
+    return DocumentVerdict.CANDIDATE
+
+
+class CacheAction(enum.Enum):
+    """What to do with one cache key."""
+
+    KEEP = "keep"
+    UNLINK = "unlink"
+    EXPIRE = "expire"
+
+
+def cache_action(key: CacheKey, cache_ttl_seconds: int) -> tuple[CacheAction, int]:
+    """Keys without TTL: UNLINK when idle past the TTL, else EXPIRE to the time left."""
+    if key.ttl_seconds != -1:
+        return CacheAction.KEEP, 0
+    if key.idle_seconds is None:
+        # The server cannot report idleness (LFU policy): never guess it idle; bound it instead.
+        return CacheAction.EXPIRE, cache_ttl_seconds
+    if key.idle_seconds >= cache_ttl_seconds:
+        return CacheAction.UNLINK, 0
+    return CacheAction.EXPIRE, max(1, cache_ttl_seconds - key.idle_seconds)
+
+
+@dataclass(frozen=True)
+class ParsedPoint:
+    """A point whose payload can be trusted."""
+
+    session_id: str
+    document_id: str
+    created_at: datetime
+
+
+def parse_point(point: PointInfo) -> ParsedPoint | None:
+    """The point's lifecycle fields, or None when any is missing or malformed."""
+    session, document, created = point.session_id, point.document_id, point.created_at
+    if not (isinstance(session, str) and session and isinstance(document, str) and document):
+        return None
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        return None
+    try:
+        when = datetime.fromtimestamp(float(created), UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return ParsedPoint(session, document, when)
+
+
+def is_upload_session(session_id: str, document_id: str) -> bool:
+    """`upload_{doc_id}` sessions follow their document rather than a chat session."""
+    return session_id == f"{UPLOAD_SESSION_PREFIX}{document_id}"
+
+
+def object_is_old(obj: ObjectInfo, retention: Retention) -> bool:
+    """An object last modified before FILES_TTL ago."""
+    return obj.last_modified < retention.files_cutoff

@@ -1,0 +1,214 @@
+"""The `rlm` command: metrics, cleanup (recorded as a Dagster run), queue, ingest, demo seed, settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from rlm_core.demo import seed_demo
+from rlm_core.domain import CleanupPriority, ResourceType
+from rlm_core.lifecycle import LifecycleManager
+from rlm_core.ports import StoreError
+from rlm_core.settings import Settings, SettingsError
+from rlm_dagster.home import ensure_dagster_home
+from rlm_dagster.jobs import CLEANUP_OP, cleanup_run_config
+from rlm_dagster.queue import CLEANUP_JOB, queue_json, queued_cleanup_runs
+from rlm_dagster.run_tags import MANUAL_REASON, Trigger, cleanup_tags
+from rlm_dagster.wiring import build_definitions
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+DEFAULT_PORT = "3000"
+
+
+def _print(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _resource_type(raw: str) -> ResourceType:
+    try:
+        return ResourceType.parse(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(raw: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not valid; allowed: a whole number > 0")
+    return int(raw)
+
+
+def measure_all(manager: LifecycleManager) -> dict[str, Any]:
+    """Every store's seed metrics; when one is down, measure one by one so the others show."""
+    try:
+        return {rt.store: m.as_seed_json() for rt, m in manager.metrics().items()}
+    except StoreError:
+        pass
+    out: dict[str, Any] = {}
+    for rt in ResourceType:
+        try:
+            out[rt.store] = manager.metrics([rt])[rt].as_seed_json()
+        except StoreError as exc:
+            out[rt.store] = {"error": str(exc)}
+    return out
+
+
+def cmd_metrics(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the seed's metrics JSON; a store that is down gets an `error` entry (exit 1)."""
+    with LifecycleManager.from_settings(settings) as manager:
+        out = measure_all(manager)
+    _print(out)
+    return 1 if any("error" in entry for entry in out.values()) else 0
+
+
+def cleanup_response(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
+    """The seed's cleanup response from a finished cleanup_job run."""
+    if result.success:
+        return dict(result.output_for_node(CLEANUP_OP))
+    failure = result.failure_data_for_node(CLEANUP_OP)
+    user = failure.user_failure_data if failure else None
+    report = user.metadata.get("report") if user else None
+    if report is not None and isinstance(report.value, dict):
+        return dict(report.value)
+    message = (user.description if user else None) or "cleanup_job failed; see the run's logs"
+    return {
+        "success": False,
+        "deleted_counts": {},
+        "message": message,
+        "dagster_run_id": result.run_id,
+    }
+
+
+def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
+    """Run cleanup_job in this process, recorded in the Dagster instance, and print the response."""
+    ensure_dagster_home(settings)
+    job = build_definitions(settings).get_job_def(CLEANUP_JOB)
+    with dg.DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            run_config=cleanup_run_config(args.resource_type, args.dry_run, args.max_deletions),
+            instance=instance,
+            tags=cleanup_tags(
+                args.resource_type, CleanupPriority.HIGH, MANUAL_REASON, Trigger.MANUAL
+            ),
+            raise_on_error=False,
+        )
+    response = cleanup_response(result)
+    _print(response)
+    return 0 if response["success"] else 1
+
+
+def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the seed's queue JSON from the instance's QUEUED cleanup_job runs."""
+    ensure_dagster_home(settings)
+    with dg.DagsterInstance.get() as instance:
+        _print(queue_json(queued_cleanup_runs(instance)))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
+    """Upload one file for a user through per-user SHA-256 deduplication."""
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"rlm ingest: {path} is not a readable file", file=sys.stderr)
+        return 2
+    content_type = mimetypes.guess_type(path.name)[0]
+    with LifecycleManager.from_settings(settings) as manager, path.open("rb") as stream:
+        result = manager.ingest(args.user, path.name, stream, content_type)
+    _print(
+        {
+            "document_id": result.document_id,
+            "duplicate": result.duplicate,
+            "file_hash": result.file_hash,
+            "size_bytes": result.size_bytes,
+        }
+    )
+    return 0
+
+
+def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
+    """Fill the configured stores with realistic synthetic data."""
+    with LifecycleManager.from_settings(settings) as manager:
+        _print(seed_demo(manager, scale=args.scale, seed=args.seed))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the effective settings with secrets redacted."""
+    _print(settings.public_view())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Seed the demo if every store is empty, then start `dagster dev` on 127.0.0.1."""
+    ensure_dagster_home(settings)
+    with LifecycleManager.from_settings(settings) as manager:
+        if all(m.total_items == 0 for m in manager.metrics().values()):
+            seed_demo(manager)
+    port = str(_positive_int(os.environ.get("RLM_PORT", DEFAULT_PORT)))
+    command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", port]
+    return subprocess.call([*command, "-m", "rlm_dagster.definitions"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `rlm`."""
+    parser = argparse.ArgumentParser(prog="rlm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("metrics", help="print usage metrics of every store").set_defaults(
+        handler=cmd_metrics
+    )
+    cleanup = sub.add_parser("cleanup", help="run cleanup_job now (recorded in Dagster)")
+    allowed = ", ".join(rt.value for rt in ResourceType)
+    cleanup.add_argument(
+        "--resource-type",
+        type=_resource_type,
+        default=None,
+        help=f"one of: {allowed} (default: all)",
+    )
+    cleanup.add_argument(
+        "--dry-run", action="store_true", help="report what would go, delete nothing"
+    )
+    cleanup.add_argument(
+        "--max-deletions", type=_positive_int, default=None, help="cap deletions in this run"
+    )
+    cleanup.set_defaults(handler=cmd_cleanup)
+    sub.add_parser("queue", help="print queued cleanup runs").set_defaults(handler=cmd_queue)
+    ingest = sub.add_parser("ingest", help="upload a file with per-user deduplication")
+    ingest.add_argument("--user", required=True, help="the uploading user's id")
+    ingest.add_argument("file", help="path of the file to upload")
+    ingest.set_defaults(handler=cmd_ingest)
+    demo = sub.add_parser("demo", help="demo data").add_subparsers(
+        dest="demo_command", required=True
+    )
+    seed = demo.add_parser("seed", help="fill the stores with synthetic data")
+    seed.add_argument("--scale", type=_positive_int, default=1, help="multiply the data volume")
+    seed.add_argument("--seed", type=int, default=0, help="random seed")
+    seed.set_defaults(handler=cmd_demo_seed)
+    sub.add_parser("settings", help="print settings, secrets redacted").set_defaults(
+        handler=cmd_settings
+    )
+    sub.add_parser("run", help="seed if empty, then start dagster dev on 127.0.0.1").set_defaults(
+        handler=cmd_run
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `rlm`; configuration errors exit 2 with the message and no traceback."""
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args, Settings.from_env())
+    except SettingsError as exc:
+        print(f"rlm: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"rlm: a store is unavailable: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,58 @@
+"""The Dagster resource wiring rlm_core's LifecycleManager into runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from rlm_core.lifecycle import LifecycleManager
+from rlm_core.settings import Settings
+
+
+def load_settings(data_dir: str | None = None) -> Settings:
+    """Settings from the environment at run time, with an optional data folder override."""
+    settings = Settings.from_env()
+    if data_dir:
+        settings = dataclasses.replace(settings, data_dir=Path(data_dir).expanduser())
+    return settings
+
+
+class LifecycleResource(dg.ConfigurableResource):  # type: ignore[type-arg]
+    """rlm's LifecycleManager for one run: settings from the environment, stores opened lazily."""
+
+    data_dir: str | None = None
+
+    _settings: Settings | None = PrivateAttr(default=None)
+    _manager: LifecycleManager | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Read settings (secrets never enter run config) and build the manager."""
+        self._settings = load_settings(self.data_dir)
+        self._manager = self.open_manager(self._settings)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close every store the run opened (releases Qdrant's folder lock)."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+    def open_manager(self, settings: Settings) -> LifecycleManager:
+        """Build the manager; the core connects to each store only when first used."""
+        return LifecycleManager.from_settings(settings)
+
+    @property
+    def settings(self) -> Settings:
+        """Settings of the current run."""
+        if self._settings is None:
+            raise dg.DagsterInvariantViolationError("LifecycleResource used outside a run")
+        return self._settings
+
+    @property
+    def manager(self) -> LifecycleManager:
+        """The manager of the current run."""
+        if self._manager is None:
+            raise dg.DagsterInvariantViolationError("LifecycleResource used outside a run")
+        return self._manager

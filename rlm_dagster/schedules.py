@@ -1,0 +1,89 @@
+"""Schedules replacing the seed's asyncio loops, with cron derived from the *_INTERVAL_SECONDS settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rlm_core.domain import CleanupPriority, ResourceType
+from rlm_core.settings import Settings
+from rlm_dagster.jobs import cleanup_job, cleanup_run_config, snapshot_job
+from rlm_dagster.run_tags import SCHEDULED_REASON, Trigger, cleanup_tags
+
+MINUTE = 60
+HOUR = 3600
+DAY = 86400
+WEEK = 604800
+ALLOWED_INTERVALS = (
+    "a whole number of minutes dividing 60 (60, 300, 900, 1800, ...), "
+    "a whole number of hours dividing 24 (3600, 7200, 21600, 43200), 86400 (daily) "
+    "or 604800 (weekly)"
+)
+
+
+def interval_to_cron(seconds: int, variable: str = "interval") -> str:
+    """Cron for an interval in seconds; raises ValueError naming the variable and what is allowed."""
+    if seconds == DAY:
+        return "0 0 * * *"
+    if seconds == WEEK:
+        return "0 0 * * 0"
+    if seconds > 0 and seconds % HOUR == 0 and DAY % seconds == 0:
+        hours = seconds // HOUR
+        return "0 * * * *" if hours == 1 else f"0 */{hours} * * *"
+    if seconds > 0 and seconds % MINUTE == 0 and HOUR % seconds == 0:
+        minutes = seconds // MINUTE
+        return "* * * * *" if minutes == 1 else f"*/{minutes} * * * *"
+    raise ValueError(
+        f"{variable}={seconds} cannot be expressed as a cron schedule; allowed: {ALLOWED_INTERVALS}"
+    )
+
+
+def cleanup_schedule(name: str, resource_type: ResourceType, cron: str) -> dg.ScheduleDefinition:
+    """A schedule running cleanup_job for one store at queue priority 0."""
+    return dg.ScheduleDefinition(
+        name=name,
+        cron_schedule=cron,
+        job=cleanup_job,
+        run_config=cleanup_run_config(resource_type),
+        tags=cleanup_tags(resource_type, CleanupPriority.LOW, SCHEDULED_REASON, Trigger.SCHEDULE),
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description=f"Scheduled cleanup of {resource_type.store}.",
+    )
+
+
+def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
+    """The monitoring schedule and the three cleanup schedules of the seed."""
+    monitoring = dg.ScheduleDefinition(
+        name="monitoring_schedule",
+        cron_schedule=interval_to_cron(
+            settings.resource_monitoring_interval_seconds, "RESOURCE_MONITORING_INTERVAL_SECONDS"
+        ),
+        job=snapshot_job,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Usage snapshots of every store.",
+    )
+    cleanups = [
+        (
+            "redis_cleanup_schedule",
+            ResourceType.REDIS_CACHE,
+            "REDIS_CLEANUP_INTERVAL_SECONDS",
+            settings.redis_cleanup_interval_seconds,
+        ),
+        (
+            "qdrant_cleanup_schedule",
+            ResourceType.QDRANT_VECTORS,
+            "QDRANT_CLEANUP_INTERVAL_SECONDS",
+            settings.qdrant_cleanup_interval_seconds,
+        ),
+        (
+            "minio_cleanup_schedule",
+            ResourceType.MINIO_FILES,
+            "MINIO_CLEANUP_INTERVAL_SECONDS",
+            settings.minio_cleanup_interval_seconds,
+        ),
+    ]
+    return [monitoring] + [
+        cleanup_schedule(name, rt, interval_to_cron(seconds, variable))
+        for name, rt, variable, seconds in cleanups
+    ]

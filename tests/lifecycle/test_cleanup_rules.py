@@ -1,0 +1,194 @@
+"""Every rule of SPEC section 4, on realistic data, with a fake clock moved across the TTLs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from rlm_core import LifecycleManager, ResourceType
+from rlm_core.audit import read_audit
+from rlm_core.clock import FakeClock
+from rlm_core.ports import CacheSeed
+from tests.lifecycle.conftest import raw_redis
+from tests.lifecycle.world import World, snapshot
+
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+
+
+def test_redis_unlinks_idle_persistent_keys_and_repairs_the_rest(manager: LifecycleManager) -> None:
+    redis = raw_redis(manager)
+    manager.stores.cache().seed([
+        CacheSeed(b"doc:text:idle", b"x", None, idle_seconds=2 * 3600),
+        CacheSeed(b"cache:fresh", b"x", None, idle_seconds=60),
+        CacheSeed(b"cache:with-ttl", b"x", 600, idle_seconds=5 * 3600),
+        CacheSeed(b"blacklist:token", b"x", None, idle_seconds=99 * 3600),
+        CacheSeed(b"rate_limit:u1", b"x", None, idle_seconds=99 * 3600),
+        CacheSeed(b"upload-idk:abc", b"x", None, idle_seconds=99 * 3600),
+    ])
+    report = manager.cleanup(ResourceType.REDIS_CACHE)
+    assert report.success
+    assert report.deleted_counts["redis"] == 1
+    assert report.repaired == 1
+    assert not redis.exists(b"doc:text:idle")
+    assert 0 < redis.ttl(b"cache:fresh") <= 3600 - 60
+    assert 0 < redis.ttl(b"cache:with-ttl") <= 600
+    for foreign in (b"blacklist:token", b"rate_limit:u1", b"upload-idk:abc"):
+        assert redis.exists(foreign) and redis.ttl(foreign) == -1
+
+
+def test_dry_run_changes_nothing_and_reports_exactly(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+    world.document(age=30 * DAY)
+    world.document(age=HOUR)
+    world.orphan_object()
+    manager.stores.cache().seed([CacheSeed(b"cache:idle", b"x", None, idle_seconds=7200)])
+    clock.advance(days=10)
+    before = snapshot(manager.stores, raw_redis(manager))
+    dry = manager.cleanup(dry_run=True)
+    assert snapshot(manager.stores, raw_redis(manager)) == before
+    real = manager.cleanup()
+    assert dry.deleted_counts == real.deleted_counts
+    assert dry.total_deleted > 0
+    assert read_audit(manager.settings.audit_path / f"audit-{clock.now():%Y%m%d}.jsonl")
+
+
+def test_document_expiry_cascades_and_leaves_no_orphan(manager: LifecycleManager, world: World) -> None:
+    old = world.document(age=8 * DAY)
+    young = world.document(age=2 * DAY)
+    report = manager.cleanup(ResourceType.MONGODB_METADATA)
+    docs = manager.stores.metadata().get_documents([old, young])
+    assert set(docs) == {young}
+    assert report.deleted_counts == {"redis": 1, "qdrant": 3, "minio": 1, "mongodb": 1}
+    assert manager.stores.vectors().count_for_documents([old]) == 0
+    assert manager.stores.cache().existing([f"doc:text:{old}".encode()]) == []
+    keys = {o.key for o in manager.stores.objects().iter_objects()}
+    assert keys == {docs[young].minio_key}
+
+
+def test_a_document_referenced_by_an_active_session_is_kept_on_every_path(
+    manager: LifecycleManager, world: World
+) -> None:
+    old = 30 * DAY
+    via_documents = world.document(age=old)
+    via_attached = world.document(age=old)
+    via_message = world.document(age=old)
+    active = world.session(idle=HOUR, documents=(via_documents,), attached=(via_attached,))
+    world.message(active, [via_message])
+    via_conversation = world.document(age=old, conversation_id=active)
+    stale = world.session(idle=3 * DAY)
+    only_stale = world.document(age=old, conversation_id=stale)
+    world.message(stale, [only_stale])
+    manager.cleanup(ResourceType.MINIO_FILES)
+    left = manager.stores.metadata().get_documents(
+        [via_documents, via_attached, via_message, via_conversation, only_stale]
+    )
+    assert set(left) == {via_documents, via_attached, via_message, via_conversation}
+    objects = {o.key for o in manager.stores.objects().iter_objects()}
+    # The object referenced only through messages.file_ids stays with its document.
+    assert left[via_message].minio_key in objects
+
+
+def test_in_flight_and_malformed_documents_are_kept_and_counted(manager: LifecycleManager, world: World) -> None:
+    uploading = world.document(age=90 * DAY, status="uploading")
+    processing = world.document(age=90 * DAY, status="processing")
+    broken = world.document(age=90 * DAY, extra={"created_at": "2024-01-01", "updated_at": None})
+    report = manager.cleanup(ResourceType.MONGODB_METADATA)
+    assert set(manager.stores.metadata().get_documents([uploading, processing, broken])) == {
+        uploading, processing, broken,
+    }
+    assert report.skipped.get("mongodb", 0) >= 1
+    assert report.total_deleted == 0
+
+
+def test_dedup_touch_keeps_a_reupload_alive(manager: LifecycleManager, clock: FakeClock) -> None:
+    import io
+
+    manager.stores.metadata().ensure_indexes()
+    manager.stores.objects().ensure_bucket()
+    first = manager.ingest("user-1", "a.pdf", io.BytesIO(b"same bytes" * 100))
+    manager.stores.metadata()
+    clock.advance(days=6, hours=23)
+    again = manager.ingest("user-1", "a.pdf", io.BytesIO(b"same bytes" * 100))
+    assert again.duplicate and again.document_id == first.document_id
+    clock.advance(days=2)
+    manager.stores.vectors().ensure_collection()
+    manager.cleanup(ResourceType.MONGODB_METADATA)
+    assert manager.stores.metadata().get_documents([first.document_id])
+
+
+def test_qdrant_rules(manager: LifecycleManager, world: World) -> None:
+    live_upload = world.document(age=2 * DAY)
+    stale = world.session(idle=3 * DAY)
+    active = world.session(idle=HOUR)
+    doc_in_stale = world.document(age=2 * DAY, session=stale)
+    shared = world.document(age=2 * DAY, session=stale)
+    world.points(shared, active, age=2 * DAY)
+    world.session(idle=HOUR, documents=(shared,))
+    world.points("gone-doc", stale, age=2 * DAY)
+    world.points("young-gone-doc", stale, age=HOUR)
+    _bad_payloads(manager)
+    report = manager.cleanup(ResourceType.QDRANT_VECTORS)
+    vectors = manager.stores.vectors()
+    assert vectors.count_for_documents(["gone-doc"]) == 0
+    assert vectors.count_for_documents([doc_in_stale]) == 0
+    assert vectors.count_for_documents([shared]) == 6
+    assert vectors.count_for_documents([live_upload]) == 3
+    assert report.unknown["qdrant"] == 3
+    assert vectors.count() == 6 + 3 + 3 + 3
+
+
+def _bad_payloads(manager: LifecycleManager) -> None:
+    import uuid
+
+    from rlm_core.ports import VectorPoint
+
+    manager.stores.vectors().upsert([
+        VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"document_id": "x"}),
+        VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"session_id": 42, "document_id": None}),
+        VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"session_id": "s", "document_id": "d", "created_at": "ayer"}),
+    ])
+
+
+def test_orphan_objects_go_only_when_old(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+    kept_doc = world.document(age=HOUR)
+    orphan = world.orphan_object()
+    report = manager.cleanup(ResourceType.MINIO_FILES)
+    assert orphan in {o.key for o in manager.stores.objects().iter_objects()}
+    assert report.total_deleted == 0
+    clock.advance(days=8)
+    world.session(idle=timedelta(0), documents=(kept_doc,))
+    manager.cleanup(ResourceType.MINIO_FILES)
+    keys = {o.key for o in manager.stores.objects().iter_objects()}
+    assert orphan not in keys
+    assert manager.stores.metadata().get_documents([kept_doc])[kept_doc].minio_key in keys
+
+
+def test_max_deletions_caps_a_run_and_the_next_run_finishes(manager: LifecycleManager, world: World) -> None:
+    docs = [world.document(age=30 * DAY) for _ in range(5)]
+    first = manager.cleanup(ResourceType.MONGODB_METADATA, max_deletions=2)
+    assert first.capped and first.deleted_counts["mongodb"] == 2
+    second = manager.cleanup(ResourceType.MONGODB_METADATA)
+    assert second.deleted_counts["mongodb"] == 3
+    assert manager.stores.metadata().get_documents(docs) == {}
+
+
+def test_cleanup_twice_is_idempotent(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+    for age in (HOUR, 3 * DAY, 9 * DAY, 40 * DAY):
+        world.document(age=age)
+    world.orphan_object()
+    clock.advance(days=8)
+    manager.cleanup()
+    after_one = snapshot(manager.stores, raw_redis(manager))
+    again = manager.cleanup()
+    assert again.total_deleted == 0
+    assert snapshot(manager.stores, raw_redis(manager)) == after_one
+
+
+def test_empty_metadata_store_refuses_orphan_sweeps(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+    orphan = world.orphan_object()
+    world.points("doc-x", "session-x", age=30 * DAY)
+    clock.advance(days=30)
+    report = manager.cleanup()
+    assert not report.success
+    assert any("metadata store holds no documents" in e for e in report.errors)
+    assert orphan in {o.key for o in manager.stores.objects().iter_objects()}
+    assert manager.stores.vectors().count_for_documents(["doc-x"]) == 3
