@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from qdrant_client import QdrantClient
     from redis import Redis
 
+
 class _Closable(Protocol):
     def close(self) -> None: ...
 

@@ -71,8 +71,21 @@ class RedisServer:
 
 def _spawn_redis(binary: str, port: int, workdir: str) -> subprocess.Popen[bytes]:
     assert port != 6379, "never use the shared server on 6379"
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", workdir, "--daemonize", "no"]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+        "--daemonize",
+        "no",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for_port(port, proc)
     return proc

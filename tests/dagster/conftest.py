@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +23,9 @@ def rlm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No rlm variable from the outer environment; embedded stores under a fresh data folder."""
     for name in ENV_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    # set-then-delete makes monkeypatch restore the outer value even though the CLI may set it.
+    monkeypatch.setenv("DAGSTER_HOME", "unset")
+    monkeypatch.delenv("DAGSTER_HOME")
     data_dir = tmp_path / "data"
     monkeypatch.setenv("RLM_DATA_DIR", str(data_dir))
     return data_dir
@@ -64,3 +68,31 @@ def clean_subprocess_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES and k != "DAGSTER_HOME"}
     env.update(extra)
     return env
+
+
+def dagster_home(path: Path, template: str = "dagster.yaml", **extra: str) -> Path:
+    """A DAGSTER_HOME folder holding one of the repository's instance configs."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text((REPO_ROOT / template).read_text())
+    return path
+
+
+def launch(env: dict[str, str], job: str, tags: dict[str, str], config: dict[str, object]) -> None:
+    """Submit a run through `dagster job launch` (the coordinator queues it)."""
+    command = [
+        str(REPO_ROOT / ".venv" / "bin" / "dagster"),
+        "job",
+        "launch",
+        "-w",
+        "workspace.yaml",
+        "-j",
+        job,
+        "--tags",
+        json.dumps(tags),
+        "--config-json",
+        json.dumps(config),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]

@@ -36,7 +36,9 @@ class FakeManager:
         max_deletions: int | None = None,
         run_id: str | None = None,
     ) -> CleanupReport:
-        errors = self.cleanup_errors[self.cleanups] if self.cleanups < len(self.cleanup_errors) else []
+        errors = (
+            self.cleanup_errors[self.cleanups] if self.cleanups < len(self.cleanup_errors) else []
+        )
         self.cleanups += 1
         report = CleanupReport(run_id=run_id or "fake", dry_run=dry_run, audit_path="/audit.jsonl")
         report.add_deleted("redis", 3, 300)

@@ -12,7 +12,13 @@ from rlm_core.demo import seed_demo
 from rlm_core.domain import CleanupPriority, ResourceMetrics, ResourceType
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.settings import Settings
-from rlm_dagster.assets import USAGE_ASSETS, measure, snapshot_metadata, snapshot_result, usage_history
+from rlm_dagster.assets import (
+    USAGE_ASSETS,
+    measure,
+    snapshot_metadata,
+    snapshot_result,
+    usage_history,
+)
 from rlm_dagster.resources import LifecycleResource
 from rlm_dagster.snapshots import usage_key
 from tests.dagster.fakes import SCENARIOS, FakeLifecycleResource, FakeManager
@@ -53,9 +59,12 @@ def test_snapshot_result_carries_both_checks() -> None:
 
 def test_store_down_is_a_retryable_failure_naming_the_store() -> None:
     SCENARIOS["down"] = FakeManager(down=frozenset({ResourceType.REDIS_CACHE}))
-    with dg.build_resources({"lifecycle": FakeLifecycleResource(scenario="down")}) as resources:
-        with pytest.raises(dg.Failure) as excinfo:
-            measure(resources.lifecycle, ResourceType.REDIS_CACHE)
+    resource = FakeLifecycleResource(scenario="down")
+    with (
+        dg.build_resources({"lifecycle": resource}) as resources,
+        pytest.raises(dg.Failure) as excinfo,
+    ):
+        measure(resources.lifecycle, ResourceType.REDIS_CACHE)
     assert excinfo.value.allow_retries
     assert "redis is unreachable" in (excinfo.value.description or "")
     assert SCENARIOS["down"].closed

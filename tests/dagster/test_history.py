@@ -48,9 +48,7 @@ def test_empty_history_is_an_empty_frame_with_no_trends() -> None:
 
 
 def test_growth_is_the_least_squares_slope() -> None:
-    frame = snapshots_frame(
-        [snap(ResourceType.REDIS_CACHE, h, 10 + 2 * h) for h in (0, 1, 2, 3)]
-    )
+    frame = snapshots_frame([snap(ResourceType.REDIS_CACHE, h, 10 + 2 * h) for h in (0, 1, 2, 3)])
     assert growth_per_hour(frame) == pytest.approx(2.0)
 
 
@@ -60,9 +58,17 @@ def test_growth_needs_two_distinct_times() -> None:
 
 @pytest.mark.parametrize(
     ("current", "level", "growth", "hours"),
-    [(50, 75, 5.0, 5.0), (80, 75, 5.0, 0.0), (50, 75, 0.0, None), (50, 75, -1.0, None), (50, 75, None, None)],
+    [
+        (50, 75, 5.0, 5.0),
+        (80, 75, 5.0, 0.0),
+        (50, 75, 0.0, None),
+        (50, 75, -1.0, None),
+        (50, 75, None, None),
+    ],
 )
-def test_hours_to_level(current: float, level: float, growth: float | None, hours: float | None) -> None:
+def test_hours_to_level(
+    current: float, level: float, growth: float | None, hours: float | None
+) -> None:
     assert hours_to_level(current, level, growth) == hours
 
 

@@ -28,7 +28,9 @@ def settings(tmp_path: Path, bucket_name: str) -> Settings:
 
 
 @pytest.fixture(params=["servers", "embedded"])
-def manager(request: pytest.FixtureRequest, settings: Settings, clock: FakeClock) -> Iterator[LifecycleManager]:
+def manager(
+    request: pytest.FixtureRequest, settings: Settings, clock: FakeClock
+) -> Iterator[LifecycleManager]:
     """A LifecycleManager over real servers (redis-server, S3 over HTTP, Qdrant local, mongomock) or embedded."""
     if request.param == "servers":
         mgr = LifecycleManager.from_clients(

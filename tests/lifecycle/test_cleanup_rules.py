@@ -17,14 +17,16 @@ HOUR = timedelta(hours=1)
 
 def test_redis_unlinks_idle_persistent_keys_and_repairs_the_rest(manager: LifecycleManager) -> None:
     redis = raw_redis(manager)
-    manager.stores.cache().seed([
-        CacheSeed(b"doc:text:idle", b"x", None, idle_seconds=2 * 3600),
-        CacheSeed(b"cache:fresh", b"x", None, idle_seconds=60),
-        CacheSeed(b"cache:with-ttl", b"x", 600, idle_seconds=5 * 3600),
-        CacheSeed(b"blacklist:token", b"x", None, idle_seconds=99 * 3600),
-        CacheSeed(b"rate_limit:u1", b"x", None, idle_seconds=99 * 3600),
-        CacheSeed(b"upload-idk:abc", b"x", None, idle_seconds=99 * 3600),
-    ])
+    manager.stores.cache().seed(
+        [
+            CacheSeed(b"doc:text:idle", b"x", None, idle_seconds=2 * 3600),
+            CacheSeed(b"cache:fresh", b"x", None, idle_seconds=60),
+            CacheSeed(b"cache:with-ttl", b"x", 600, idle_seconds=5 * 3600),
+            CacheSeed(b"blacklist:token", b"x", None, idle_seconds=99 * 3600),
+            CacheSeed(b"rate_limit:u1", b"x", None, idle_seconds=99 * 3600),
+            CacheSeed(b"upload-idk:abc", b"x", None, idle_seconds=99 * 3600),
+        ]
+    )
     report = manager.cleanup(ResourceType.REDIS_CACHE)
     assert report.success
     assert report.deleted_counts["redis"] == 1
@@ -36,7 +38,9 @@ def test_redis_unlinks_idle_persistent_keys_and_repairs_the_rest(manager: Lifecy
         assert redis.exists(foreign) and redis.ttl(foreign) == -1
 
 
-def test_dry_run_changes_nothing_and_reports_exactly(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+def test_dry_run_changes_nothing_and_reports_exactly(
+    manager: LifecycleManager, world: World, clock: FakeClock
+) -> None:
     world.document(age=30 * DAY)
     world.document(age=HOUR)
     world.orphan_object()
@@ -51,7 +55,9 @@ def test_dry_run_changes_nothing_and_reports_exactly(manager: LifecycleManager, 
     assert read_audit(manager.settings.audit_path / f"audit-{clock.now():%Y%m%d}.jsonl")
 
 
-def test_document_expiry_cascades_and_leaves_no_orphan(manager: LifecycleManager, world: World) -> None:
+def test_document_expiry_cascades_and_leaves_no_orphan(
+    manager: LifecycleManager, world: World
+) -> None:
     old = world.document(age=8 * DAY)
     young = world.document(age=2 * DAY)
     report = manager.cleanup(ResourceType.MONGODB_METADATA)
@@ -87,13 +93,17 @@ def test_a_document_referenced_by_an_active_session_is_kept_on_every_path(
     assert left[via_message].minio_key in objects
 
 
-def test_in_flight_and_malformed_documents_are_kept_and_counted(manager: LifecycleManager, world: World) -> None:
+def test_in_flight_and_malformed_documents_are_kept_and_counted(
+    manager: LifecycleManager, world: World
+) -> None:
     uploading = world.document(age=90 * DAY, status="uploading")
     processing = world.document(age=90 * DAY, status="processing")
     broken = world.document(age=90 * DAY, extra={"created_at": "2024-01-01", "updated_at": None})
     report = manager.cleanup(ResourceType.MONGODB_METADATA)
     assert set(manager.stores.metadata().get_documents([uploading, processing, broken])) == {
-        uploading, processing, broken,
+        uploading,
+        processing,
+        broken,
     }
     assert report.skipped.get("mongodb", 0) >= 1
     assert report.total_deleted == 0
@@ -141,14 +151,22 @@ def _bad_payloads(manager: LifecycleManager) -> None:
 
     from rlm_core.ports import VectorPoint
 
-    manager.stores.vectors().upsert([
-        VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"document_id": "x"}),
-        VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"session_id": 42, "document_id": None}),
-        VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"session_id": "s", "document_id": "d", "created_at": "ayer"}),
-    ])
+    manager.stores.vectors().upsert(
+        [
+            VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"document_id": "x"}),
+            VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"session_id": 42, "document_id": None}),
+            VectorPoint(
+                str(uuid.uuid4()),
+                [0.5] * 384,
+                {"session_id": "s", "document_id": "d", "created_at": "ayer"},
+            ),
+        ]
+    )
 
 
-def test_orphan_objects_go_only_when_old(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+def test_orphan_objects_go_only_when_old(
+    manager: LifecycleManager, world: World, clock: FakeClock
+) -> None:
     kept_doc = world.document(age=HOUR)
     orphan = world.orphan_object()
     report = manager.cleanup(ResourceType.MINIO_FILES)
@@ -162,7 +180,9 @@ def test_orphan_objects_go_only_when_old(manager: LifecycleManager, world: World
     assert manager.stores.metadata().get_documents([kept_doc])[kept_doc].minio_key in keys
 
 
-def test_max_deletions_caps_a_run_and_the_next_run_finishes(manager: LifecycleManager, world: World) -> None:
+def test_max_deletions_caps_a_run_and_the_next_run_finishes(
+    manager: LifecycleManager, world: World
+) -> None:
     docs = [world.document(age=30 * DAY) for _ in range(5)]
     first = manager.cleanup(ResourceType.MONGODB_METADATA, max_deletions=2)
     assert first.capped and first.deleted_counts["mongodb"] == 2
@@ -171,7 +191,9 @@ def test_max_deletions_caps_a_run_and_the_next_run_finishes(manager: LifecycleMa
     assert manager.stores.metadata().get_documents(docs) == {}
 
 
-def test_cleanup_twice_is_idempotent(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+def test_cleanup_twice_is_idempotent(
+    manager: LifecycleManager, world: World, clock: FakeClock
+) -> None:
     for age in (HOUR, 3 * DAY, 9 * DAY, 40 * DAY):
         world.document(age=age)
     world.orphan_object()
@@ -183,7 +205,9 @@ def test_cleanup_twice_is_idempotent(manager: LifecycleManager, world: World, cl
     assert snapshot(manager.stores, raw_redis(manager)) == after_one
 
 
-def test_empty_metadata_store_refuses_orphan_sweeps(manager: LifecycleManager, world: World, clock: FakeClock) -> None:
+def test_empty_metadata_store_refuses_orphan_sweeps(
+    manager: LifecycleManager, world: World, clock: FakeClock
+) -> None:
     orphan = world.orphan_object()
     world.points("doc-x", "session-x", age=30 * DAY)
     clock.advance(days=30)

@@ -21,8 +21,13 @@ from tests.lifecycle.world import State, World, snapshot
 
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 MUTATIONS = {
-    "delete_for_documents", "delete_for_pairs", "unlink", "unlink_idle",
-    "expire_if_persistent", "remove", "delete_documents",
+    "delete_for_documents",
+    "delete_for_pairs",
+    "unlink",
+    "unlink_idle",
+    "expire_if_persistent",
+    "remove",
+    "delete_documents",
 }
 
 
@@ -142,7 +147,9 @@ def _race(manager: LifecycleManager, users: list[str], payload: bytes) -> list[A
     return results
 
 
-def test_sixteen_concurrent_uploads_leave_one_document_and_one_object(manager: LifecycleManager) -> None:
+def test_sixteen_concurrent_uploads_leave_one_document_and_one_object(
+    manager: LifecycleManager,
+) -> None:
     results = _race(manager, ["user-1"] * 16, b"%PDF-1.7 identical" * 4096)
     assert len({r.document_id for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1

@@ -91,15 +91,24 @@ class World:
 
     def points(self, doc_id: str, session: str, *, age: timedelta, count: int = 3) -> None:
         created = (self.now - age).timestamp()
-        self.stores.vectors().upsert([
-            VectorPoint(
-                str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc_id}_{session}_{i}")),
-                [0.01 * (i + 1)] * DIM,
-                {"session_id": session, "document_id": doc_id, "chunk_id": i,
-                 "text": "fragmento", "page": 1, "created_at": created, "metadata": {}},
-            )
-            for i in range(count)
-        ])
+        self.stores.vectors().upsert(
+            [
+                VectorPoint(
+                    str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc_id}_{session}_{i}")),
+                    [0.01 * (i + 1)] * DIM,
+                    {
+                        "session_id": session,
+                        "document_id": doc_id,
+                        "chunk_id": i,
+                        "text": "fragmento",
+                        "page": 1,
+                        "created_at": created,
+                        "metadata": {},
+                    },
+                )
+                for i in range(count)
+            ]
+        )
 
     def session(
         self,
@@ -111,21 +120,33 @@ class World:
     ) -> str:
         session_id = self._uuid()
         updated = naive(self.now - idle)
-        self.stores.metadata().insert_raw("chat_sessions", [{
-            "_id": session_id,
-            "user_id": user,
-            "created_at": updated - timedelta(hours=1),
-            "updated_at": updated,
-            "documents": [{"doc_id": d, "filename": "x.pdf"} for d in documents],
-            "attached_file_ids": list(attached),
-        }])
+        self.stores.metadata().insert_raw(
+            "chat_sessions",
+            [
+                {
+                    "_id": session_id,
+                    "user_id": user,
+                    "created_at": updated - timedelta(hours=1),
+                    "updated_at": updated,
+                    "documents": [{"doc_id": d, "filename": "x.pdf"} for d in documents],
+                    "attached_file_ids": list(attached),
+                }
+            ],
+        )
         return session_id
 
     def message(self, chat_id: str, file_ids: list[str]) -> None:
-        self.stores.metadata().insert_raw("messages", [{
-            "_id": ObjectId(self._oid()), "chat_id": chat_id, "file_ids": file_ids,
-            "created_at": naive(self.now),
-        }])
+        self.stores.metadata().insert_raw(
+            "messages",
+            [
+                {
+                    "_id": ObjectId(self._oid()),
+                    "chat_id": chat_id,
+                    "file_ids": file_ids,
+                    "created_at": naive(self.now),
+                }
+            ],
+        )
 
     def orphan_object(self) -> str:
         key = f"{self._uuid()}/huérfano.pdf"
@@ -151,4 +172,6 @@ def snapshot(stores: Stores, redis_client: Any) -> State:
     points = {p.point_id for batch in stores.vectors().iter_points(500) for p in batch}
     keys = set(redis_client.scan_iter(count=1000))
     ttls = {(k, redis_client.ttl(k) >= 0) for k in keys}
-    return State(frozenset(docs), frozenset(objects), frozenset(points), frozenset(keys), frozenset(ttls))
+    return State(
+        frozenset(docs), frozenset(objects), frozenset(points), frozenset(keys), frozenset(ttls)
+    )

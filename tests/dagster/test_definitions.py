@@ -1,0 +1,96 @@
+"""The code location: loadable, binding names, workspace and instance files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from rlm_core.settings import Settings
+from rlm_dagster.wiring import build_definitions
+from tests.dagster.conftest import REPO_ROOT, clean_subprocess_env, dagster_home
+
+
+def test_definitions_are_loadable_with_the_binding_names(rlm_env: Path) -> None:
+    from rlm_dagster.definitions import defs
+
+    dg.Definitions.validate_loadable(defs)
+    built = build_definitions(Settings.from_env())
+    graph = built.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == {"usage/redis", "usage/qdrant", "usage/minio", "usage/mongodb", "usage/history"}
+    checks = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    assert ("usage/mongodb", "usage_below_critical") in checks
+    assert ("usage/redis", "cleanup_keeping_up") in checks
+    assert len(checks) == 8
+    assert built.resolve_job_def("snapshot_job") is not None
+    assert built.resolve_job_def("cleanup_job") is not None
+    assert built.resolve_sensor_def("usage_pressure_sensor") is not None
+    for name in (
+        "monitoring_schedule",
+        "redis_cleanup_schedule",
+        "qdrant_cleanup_schedule",
+        "minio_cleanup_schedule",
+    ):
+        assert built.resolve_schedule_def(name) is not None
+
+
+def test_workspace_points_at_the_code_location() -> None:
+    workspace = yaml.safe_load((REPO_ROOT / "workspace.yaml").read_text())
+    assert workspace["load_from"] == [
+        {"python_module": {"module_name": "rlm_dagster.definitions", "attribute": "defs"}}
+    ]
+
+
+def test_packaged_instance_config_is_the_repository_one() -> None:
+    packaged = REPO_ROOT / "rlm_dagster" / "dagster.yaml"
+    assert packaged.read_text() == (REPO_ROOT / "dagster.yaml").read_text()
+
+
+def test_instance_config_queues_by_priority_one_run_per_store(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+    limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
+    assert limits == [
+        {"key": "rlm/resource_type", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    ]
+    home = dagster_home(tmp_path / "home")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        assert not instance.telemetry_enabled
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+    env = clean_subprocess_env(
+        DAGSTER_HOME=str(dagster_home(tmp_path / "home")), RLM_DATA_DIR=str(tmp_path / "data")
+    )
+    dagster = str(REPO_ROOT / ".venv" / "bin" / "dagster")
+    done = subprocess.run(
+        [dagster, "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "All code locations passed validation" in done.stdout + done.stderr
+
+
+def test_invalid_settings_make_a_clear_load_error(tmp_path: Path) -> None:
+    env = clean_subprocess_env(
+        RLM_DATA_DIR=str(tmp_path / "data"), REDIS_CLEANUP_INTERVAL_SECONDS="5400"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "import rlm_dagster.definitions"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "SettingsError" in done.stderr
+    assert "REDIS_CLEANUP_INTERVAL_SECONDS=5400 cannot be expressed" in done.stderr
