@@ -89,7 +89,10 @@ def run_worker(target: str, params: dict[str, Any], timeout: float = 900) -> dic
     if proc.returncode != 0:
         raise RuntimeError(f"worker {target} failed ({proc.returncode}): {text[-2000:]}")
     result: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+    # ru_maxrss of a child also counts the forked copy of this (bigger) parent before exec, so
+    # the peak is the child's own VmHWM, reported by bench.worker as it exits.
+    result["ru_maxrss_mb"] = usage.ru_maxrss / 1024.0
+    result["peak_rss_mb"] = result["vm_hwm_mb"]
     return result
 
 

@@ -121,7 +121,7 @@ def rlm_vectors(params: dict[str, Any]) -> dict[str, Any]:
     proxy.seconds.clear()
     metadata.calls.clear()
     start = time.perf_counter()
-    report = manager.cleanup(ResourceType.QDRANT_VECTORS, max_deletions=params["cap_pairs"])
+    manager.cleanup(ResourceType.QDRANT_VECTORS, max_deletions=params["cap_pairs"])
     seconds = time.perf_counter() - start
     delete_s = proxy.seconds["delete"]
     calls_full = -(-doomed_pairs // 128)
@@ -256,7 +256,9 @@ def scroll_by_prefiltered(params: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "requests": dict(proxy.calls), "doomed_pairs": len(doomed)}
 
 
-def run(sizes: list[int], runs: int, vector_size: int) -> tuple[list[Row], dict[int, float]]:
+def run(
+    sizes: list[int], runs: int, vector_size: int, with_fix: bool = True
+) -> tuple[list[Row], dict[int, float]]:
     rows: list[Row] = []
     rss_by_size: dict[int, float] = {}
     for n in sizes:
@@ -268,7 +270,7 @@ def run(sizes: list[int], runs: int, vector_size: int) -> tuple[list[Row], dict[
                 ("scroll", "bench.qdrant_bench:scroll_by_id"),
                 ("fix", "bench.qdrant_bench:scroll_by_prefiltered"),
             ):
-                if name == "fix" and r > 0:
+                if name == "fix" and (r > 0 or not with_fix):
                     continue
                 res = run_worker(target, params)
                 results[name].append(res)
@@ -280,8 +282,8 @@ def run(sizes: list[int], runs: int, vector_size: int) -> tuple[list[Row], dict[
 
 def _rows(n: int, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
     bench = f"qdrant_expiry_{n // 1000}k"
-    t = {k: median([r["seconds"] for r in v]) for k, v in results.items()}
-    rlm, scroll, fix = results["rlm"][0], results["scroll"][0], results["fix"][0]
+    t = {k: median([r["seconds"] for r in v]) for k, v in results.items() if v}
+    rlm, scroll = results["rlm"][0], results["scroll"][0]
     req_rlm = sum(rlm["requests"].values())
     req_scroll = sum(scroll["requests"].values())
     grow = {
@@ -294,15 +296,19 @@ def _rows(n: int, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
         f"rlm measured with max_deletions={CAP_PAIRS} (one filter call, "
         f"{rlm['delete_call_seconds']:.1f}s), delete time extrapolated x{rlm['doomed_pairs'] / CAP_PAIRS:.0f}"
     )
-    return [
+    rows = [
         Row(bench, "client requests vs scroll+delete-by-id", req_rlm, req_scroll,
             ratio(req_scroll, req_rlm), note=f"rlm {rlm['requests']}; baseline {scroll['requests']}"),
         Row(bench, "seconds vs scroll+delete-by-id", t["rlm"], t["scroll"],
             ratio(t["scroll"], t["rlm"]), note=note),
-        Row(bench, "seconds: proposed fix (must document_id any + should pairs) vs scroll+ids",
-            t["fix"], t["scroll"], ratio(t["scroll"], t["fix"]),
-            note=f"1 run; {fix['requests']}"),
         Row(bench, "sweep RSS growth MB (peak - after load) vs baseline", grow["rlm"],
             grow["scroll"], ratio(grow["scroll"], grow["rlm"]),
             note="local mode holds the collection in the process: growth above it is shown"),
     ]  # fmt: skip
+    if results["fix"]:
+        fix = results["fix"][0]
+        rows.append(Row(
+            bench, "seconds: proposed fix (must document_id any + should pairs) vs scroll+ids",
+            t["fix"], t["scroll"], ratio(t["scroll"], t["fix"]), note=f"1 run; {fix['requests']}",
+        ))  # fmt: skip
+    return rows

@@ -30,7 +30,8 @@ def main() -> None:
         if not parts:
             continue
         if parts[0] == "bucket":
-            backend.create_bucket(parts[1], "us-east-1")
+            if parts[1] not in backend.buckets:
+                backend.create_bucket(parts[1], "us-east-1")
         elif parts[0] == "put":
             bucket, start, stop, step = parts[1], *map(int, parts[2:])
             for i in range(start, stop, step):

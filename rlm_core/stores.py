@@ -166,10 +166,10 @@ def _metadata_from_settings(settings: Settings) -> MetadataStore:
     db = connect_mongo(
         settings.mongodb_url, settings.mongodb_database, settings.store_timeout_seconds
     )
-    return _mongo_store(db, settings)
+    return _mongo_store(db, settings, owns_client=True)
 
 
-def _mongo_store(db: Database[Any], settings: Settings) -> MetadataStore:
+def _mongo_store(db: Database[Any], settings: Settings, owns_client: bool = False) -> MetadataStore:
     from rlm_core.adapters.mongo_metadata import MongoMetadataStore
 
     return MongoMetadataStore(
@@ -178,4 +178,5 @@ def _mongo_store(db: Database[Any], settings: Settings) -> MetadataStore:
         sessions=settings.sessions_collection,
         messages=settings.messages_collection,
         default_bucket=settings.minio_bucket,
+        owns_client=owns_client,
     )

@@ -157,46 +157,43 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return subprocess.call([*command, "-m", "rlm_dagster.definitions"])
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of `rlm`."""
-    parser = argparse.ArgumentParser(prog="rlm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("metrics", help="print usage metrics of every store").set_defaults(
-        handler=cmd_metrics
-    )
+def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cleanup = sub.add_parser("cleanup", help="run cleanup_job now (recorded in Dagster)")
     allowed = ", ".join(rt.value for rt in ResourceType)
     cleanup.add_argument(
-        "--resource-type",
-        type=_resource_type,
-        default=None,
-        help=f"one of: {allowed} (default: all)",
+        "--resource-type", type=_resource_type, help=f"one of: {allowed} (default: all)"
     )
-    cleanup.add_argument(
-        "--dry-run", action="store_true", help="report what would go, delete nothing"
-    )
-    cleanup.add_argument(
-        "--max-deletions", type=_positive_int, default=None, help="cap deletions in this run"
-    )
+    cleanup.add_argument("--dry-run", action="store_true", help="report what would go only")
+    cleanup.add_argument("--max-deletions", type=_positive_int, help="cap deletions in this run")
     cleanup.set_defaults(handler=cmd_cleanup)
-    sub.add_parser("queue", help="print queued cleanup runs").set_defaults(handler=cmd_queue)
+
+
+def _add_ingest_and_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest = sub.add_parser("ingest", help="upload a file with per-user deduplication")
     ingest.add_argument("--user", required=True, help="the uploading user's id")
     ingest.add_argument("file", help="path of the file to upload")
     ingest.set_defaults(handler=cmd_ingest)
-    demo = sub.add_parser("demo", help="demo data").add_subparsers(
-        dest="demo_command", required=True
-    )
+    demo = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo", required=True)
     seed = demo.add_parser("seed", help="fill the stores with synthetic data")
     seed.add_argument("--scale", type=_positive_int, default=1, help="multiply the data volume")
     seed.add_argument("--seed", type=int, default=0, help="random seed")
     seed.set_defaults(handler=cmd_demo_seed)
-    sub.add_parser("settings", help="print settings, secrets redacted").set_defaults(
-        handler=cmd_settings
-    )
-    sub.add_parser("run", help="seed if empty, then start dagster dev on 127.0.0.1").set_defaults(
-        handler=cmd_run
-    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `rlm`."""
+    parser = argparse.ArgumentParser(prog="rlm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    simple: list[tuple[str, str, Handler]] = [
+        ("metrics", "print usage metrics of every store", cmd_metrics),
+        ("queue", "print queued cleanup runs", cmd_queue),
+        ("settings", "print settings, secrets redacted", cmd_settings),
+        ("run", "seed if empty, then start dagster dev on 127.0.0.1", cmd_run),
+    ]
+    for name, help_text, handler in simple:
+        sub.add_parser(name, help=help_text).set_defaults(handler=handler)
+    _add_cleanup(sub)
+    _add_ingest_and_demo(sub)
     return parser
 
 

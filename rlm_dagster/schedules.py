@@ -13,6 +13,12 @@ MINUTE = 60
 HOUR = 3600
 DAY = 86400
 WEEK = 604800
+# The seed's three cleanup loops; MongoDB records expire with the MinIO cascade.
+CLEANUP_INTERVALS: dict[ResourceType, str] = {
+    ResourceType.REDIS_CACHE: "REDIS_CLEANUP_INTERVAL_SECONDS",
+    ResourceType.QDRANT_VECTORS: "QDRANT_CLEANUP_INTERVAL_SECONDS",
+    ResourceType.MINIO_FILES: "MINIO_CLEANUP_INTERVAL_SECONDS",
+}
 ALLOWED_INTERVALS = (
     "a whole number of minutes dividing 60 (60, 300, 900, 1800, ...), "
     "a whole number of hours dividing 24 (3600, 7200, 21600, 43200), 86400 (daily) "
@@ -64,26 +70,11 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
         description="Usage snapshots of every store.",
     )
     cleanups = [
-        (
-            "redis_cleanup_schedule",
-            ResourceType.REDIS_CACHE,
-            "REDIS_CLEANUP_INTERVAL_SECONDS",
-            settings.redis_cleanup_interval_seconds,
-        ),
-        (
-            "qdrant_cleanup_schedule",
-            ResourceType.QDRANT_VECTORS,
-            "QDRANT_CLEANUP_INTERVAL_SECONDS",
-            settings.qdrant_cleanup_interval_seconds,
-        ),
-        (
-            "minio_cleanup_schedule",
-            ResourceType.MINIO_FILES,
-            "MINIO_CLEANUP_INTERVAL_SECONDS",
-            settings.minio_cleanup_interval_seconds,
-        ),
+        cleanup_schedule(
+            f"{rt.store}_cleanup_schedule",
+            rt,
+            interval_to_cron(getattr(settings, f"{rt.store}_cleanup_interval_seconds"), variable),
+        )
+        for rt, variable in CLEANUP_INTERVALS.items()
     ]
-    return [monitoring] + [
-        cleanup_schedule(name, rt, interval_to_cron(seconds, variable))
-        for name, rt, variable, seconds in cleanups
-    ]
+    return [monitoring, *cleanups]

@@ -180,8 +180,10 @@ class MongoMetadataStore:
         sessions: str = "chat_sessions",
         messages: str = "messages",
         default_bucket: str = "documents",
+        owns_client: bool = False,
     ) -> None:
         self._db = db
+        self._owns_client = owns_client
         self._documents: Collection[Raw] = db[documents]
         self._sessions: Collection[Raw] = db[sessions]
         self._messages: Collection[Raw] = db[messages]
@@ -323,7 +325,9 @@ class MongoMetadataStore:
                 self._by_logical[collection].insert_many([dict(d) for d in batch])
 
     def close(self) -> None:
-        """Nothing to release: the client belongs to the caller."""
+        """Close the client if this store opened it; a caller's client stays open."""
+        if self._owns_client:
+            self._db.client.close()
 
     def _session_lists_referencing(self, batch: list[str], since: datetime) -> set[str]:
         wanted = set(batch)

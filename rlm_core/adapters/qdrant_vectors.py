@@ -97,7 +97,14 @@ class QdrantVectorStore:
         if not self._exists():
             return
         for chunk in _chunks(pairs, _PAIR_BATCH):
-            self._delete(models.Filter(should=[_pair_filter(s, d) for s, d in chunk]))
+            # The must clause narrows to the chunk's documents first: a server answers it from
+            # the document_id index, and local mode skips the pair checks for other points.
+            self._delete(
+                models.Filter(
+                    must=[_documents_filter(sorted({d for _, d in chunk}))],
+                    should=[_pair_filter(s, d) for s, d in chunk],
+                )
+            )
 
     def upsert(self, points: Sequence[VectorPoint]) -> None:
         """Write points, waiting until they are applied."""

@@ -36,6 +36,28 @@ end
 return gone
 """
 
+# One script per batch returns [ttl, idle, memory] per key: one command and one array reply
+# instead of two or three pipelined commands per key. idle -1 means the server cannot tell
+# (LFU policy); memory -1 means not asked for. Reads here do not touch a key's LRU clock.
+_DESCRIBE = """
+local with_memory = ARGV[1] == '1'
+local out = {}
+for i, key in ipairs(KEYS) do
+  local ttl = redis.call('TTL', key)
+  local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
+  if not ok then idle = -1 end
+  local memory = -1
+  if with_memory and ttl ~= -2 then
+    local okm, used = pcall(redis.call, 'MEMORY', 'USAGE', key)
+    if okm and used then memory = used end
+  end
+  out[#out + 1] = ttl
+  out[#out + 1] = idle
+  out[#out + 1] = memory
+end
+return out
+"""
+
 _EXPIRE_IF_PERSISTENT = """
 local set = 0
 for i, key in ipairs(KEYS) do
@@ -61,6 +83,7 @@ class RedisCacheStore:
         self._matchers = tuple(glob_regex(p) for p in patterns)
         self._unlink_idle_script = client.register_script(_UNLINK_IDLE)
         self._expire_script = client.register_script(_EXPIRE_IF_PERSISTENT)
+        self._describe_script = client.register_script(_DESCRIBE)
 
     def scan(self, batch_size: int, with_memory: bool = False) -> Iterator[list[CacheKey]]:
         """Stream cache keys (SCAN + pipelined TTL/IDLETIME[/MEMORY USAGE]) in batches."""
@@ -150,19 +173,14 @@ class RedisCacheStore:
                     break
 
     def _describe(self, keys: list[bytes], with_memory: bool) -> list[CacheKey]:
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.ttl(key)
-            pipe.object("idletime", key)
-            if with_memory:
-                pipe.memory_usage(key)
-        replies = pipe.execute(raise_on_error=False)
-        width = 3 if with_memory else 2
+        replies = self._describe_script(keys=keys, args=["1" if with_memory else "0"])
         described = []
         for i, key in enumerate(keys):
-            ttl, idle, *memory = replies[i * width : (i + 1) * width]
-            if isinstance(ttl, int) and ttl != -2:
-                described.append(CacheKey(key, ttl, _int_or_none(idle), _first_int(memory)))
+            ttl, idle, memory = replies[i * 3 : i * 3 + 3]
+            if ttl != -2:
+                described.append(
+                    CacheKey(key, ttl, idle if idle >= 0 else None, memory if memory >= 0 else None)
+                )
         return described
 
     def _require_ours(self, keys: Sequence[bytes]) -> None:
