@@ -81,6 +81,7 @@ class Settings:
     qdrant_vector_size: int = 384
     max_deletions_per_run: int | None = None
     store_timeout_seconds: float = 10.0
+    embedded_lock_wait_seconds: float = 300.0
     batch_size: int = 1000
 
     @classmethod
@@ -330,6 +331,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _optional_positive_int),
     _Spec("RLM_STORE_TIMEOUT_SECONDS", "store_timeout_seconds", _float),
     _Spec("RLM_BATCH_SIZE", "batch_size", _positive_int),
+    _Spec("RLM_EMBEDDED_LOCK_WAIT_SECONDS", "embedded_lock_wait_seconds", _float),
 )
 
 ENV_VARIABLES: tuple[str, ...] = ("RLM_RETENTION_PROFILE", *(s.env for s in _SPECS))

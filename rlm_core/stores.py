@@ -26,8 +26,9 @@ C = TypeVar("C", bound=_Closable)
 class _Lazy(Generic[C]):
     """Builds an adapter on first use; closes it only if it was built."""
 
-    def __init__(self, factory: Callable[[], C]) -> None:
+    def __init__(self, factory: Callable[[], C], owned: bool) -> None:
         self._factory: Callable[[], C] = factory
+        self._owned = owned
         self._value: C | None = None
         self._lock = threading.Lock()
 
@@ -39,9 +40,9 @@ class _Lazy(Generic[C]):
 
     def close(self) -> None:
         with self._lock:
-            if self._value is not None:
+            if self._value is not None and self._owned:
                 self._value.close()
-                self._value = None
+            self._value = None
 
 
 class Stores:
@@ -53,11 +54,14 @@ class Stores:
         vectors: Callable[[], VectorStore],
         objects: Callable[[], ObjectStore],
         metadata: Callable[[], MetadataStore],
+        *,
+        owned: bool = True,
     ) -> None:
-        self._cache: _Lazy[CacheStore] = _Lazy(cache)
-        self._vectors: _Lazy[VectorStore] = _Lazy(vectors)
-        self._objects: _Lazy[ObjectStore] = _Lazy(objects)
-        self._metadata: _Lazy[MetadataStore] = _Lazy(metadata)
+        # Adapters over clients the caller passed in are not closed here: the caller owns them.
+        self._cache: _Lazy[CacheStore] = _Lazy(cache, owned)
+        self._vectors: _Lazy[VectorStore] = _Lazy(vectors, owned)
+        self._objects: _Lazy[ObjectStore] = _Lazy(objects, owned)
+        self._metadata: _Lazy[MetadataStore] = _Lazy(metadata, owned)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Stores:
@@ -91,6 +95,7 @@ class Stores:
             ),
             lambda: S3ObjectStore(minio, settings.minio_bucket),
             lambda: _mongo_store(mongo_db, settings),
+            owned=False,
         )
 
     def cache(self) -> CacheStore:
@@ -132,6 +137,7 @@ def _vectors_from_settings(settings: Settings) -> VectorStore:
         settings.qdrant_api_key,
         settings.data_dir,
         settings.store_timeout_seconds,
+        lock_wait=settings.embedded_lock_wait_seconds,
     )
     return QdrantVectorStore(client, settings.qdrant_collection, settings.qdrant_vector_size)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import mimetypes
-import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.ports import StoreError
 from rlm_core.settings import Settings, SettingsError
+from rlm_dagster import dev
 from rlm_dagster.home import ensure_dagster_home
 from rlm_dagster.jobs import CLEANUP_OP, cleanup_run_config
 from rlm_dagster.queue import CLEANUP_JOB, queue_json, queued_cleanup_runs
@@ -147,14 +146,12 @@ def cmd_settings(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """Seed the demo if every store is empty, then start `dagster dev` on 127.0.0.1."""
-    ensure_dagster_home(settings)
-    with LifecycleManager.from_settings(settings) as manager:
-        if all(m.total_items == 0 for m in manager.metrics().values()):
-            seed_demo(manager)
-    port = str(_positive_int(os.environ.get("RLM_PORT", DEFAULT_PORT)))
-    command = [sys.executable, "-m", "dagster", "dev", "-h", "127.0.0.1", "-p", port]
-    return subprocess.call([*command, "-m", "rlm_dagster.definitions"])
+    """Seed the embedded demo if empty, then serve Dagster on 127.0.0.1 until Ctrl-C."""
+    try:
+        return dev.run(settings)
+    except ValueError as exc:
+        print(f"rlm: {exc}", file=sys.stderr)
+        return 2
 
 
 def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

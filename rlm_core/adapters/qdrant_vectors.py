@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -156,20 +157,29 @@ class QdrantVectorStore:
 
 
 def connect_qdrant(
-    url: str | None, api_key: str | None, data_dir: Path, timeout: float
+    url: str | None,
+    api_key: str | None,
+    data_dir: Path,
+    timeout: float,
+    lock_wait: float = 0.0,
 ) -> QdrantClient:
     """A client on QDRANT_URL, or the local engine in data_dir/qdrant.
 
     Local mode holds an exclusive lock on its folder for the client's lifetime, so callers open
-    late and close early; a folder held by another process raises StoreError (retry later).
+    late and close early. A folder held by another process is retried for up to `lock_wait`
+    seconds (Dagster runs of different stores may overlap), then raises StoreError.
     """
     if url:
         return QdrantClient(url=url, api_key=api_key, timeout=max(1, round(timeout)))
     folder = data_dir / "qdrant"
-    try:
-        return QdrantClient(path=str(folder))
-    except RuntimeError as exc:
-        raise StoreError(f"embedded Qdrant folder {folder} is unavailable: {exc}") from exc
+    deadline = time.monotonic() + lock_wait
+    while True:
+        try:
+            return QdrantClient(path=str(folder))
+        except RuntimeError as exc:
+            if time.monotonic() >= deadline:
+                raise StoreError(f"embedded Qdrant folder {folder} is unavailable: {exc}") from exc
+        time.sleep(0.5)
 
 
 def _point_info(record: models.Record, with_payload_size: bool) -> PointInfo:

@@ -47,7 +47,6 @@ from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
-    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -353,7 +352,11 @@ class LifecycleMachine(RuleBasedStateMachine):
     def upload(self, user: str, content: bytes, filename: str) -> None:
         file_hash = hashlib.sha256(content).hexdigest()
         existing = next(
-            (d for d, doc in self.model.docs.items() if (doc.user, doc.file_hash) == (user, file_hash)),
+            (
+                d
+                for d, doc in self.model.docs.items()
+                if (doc.user, doc.file_hash) == (user, file_hash)
+            ),
             None,
         )
         result = self.manager.ingest(user, filename, io.BytesIO(content))
@@ -404,9 +407,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         body = f"contenido {n}".encode() * 20
         self._put_object(key, body)
         created = self.now - timedelta(days=age_days)
-        conv = (
-            self._pick(sorted(self.model.sessions), conversation) if with_conversation else None
-        )
+        conv = self._pick(sorted(self.model.sessions), conversation) if with_conversation else None
         self.stores.metadata().insert_raw(
             "documents",
             [
@@ -619,11 +620,11 @@ class LifecycleMachine(RuleBasedStateMachine):
         after = snapshot(self.stores)
         if dry_run:
             assert after == before, "a dry run changed the stores"
-            if report is not None and not plan.injected and cap is None:
-                if resource in (None, ResourceType.MONGODB_METADATA, ResourceType.MINIO_FILES):
-                    assert report.deleted_counts["mongodb"] == len(expired), (
-                        f"dry run would expire {report.deleted_counts['mongodb']}, model: {expired}"
-                    )
+            full = resource in (None, ResourceType.MONGODB_METADATA, ResourceType.MINIO_FILES)
+            if report is not None and not plan.injected and cap is None and full:
+                assert report.deleted_counts["mongodb"] == len(expired), (
+                    f"dry run would expire {report.deleted_counts['mongodb']}, model: {expired}"
+                )
             return
         if plan.down and report is not None and plan.injected:
             assert any("injected outage" in e for e in report.errors), report.errors
@@ -695,7 +696,11 @@ class LifecycleMachine(RuleBasedStateMachine):
                 f"cache key {key!r} deleted without an audit record"
             )
             del self.model.keys[key]
-        if report is not None and not plan.injected and resource in (None, ResourceType.REDIS_CACHE):
+        if (
+            report is not None
+            and not plan.injected
+            and resource in (None, ResourceType.REDIS_CACHE)
+        ):
             # After a full Redis sweep no key of ours stays without a TTL.
             for key, (_, has_ttl) in after.keys.items():
                 if self.model.keys[key].ours and not (cap is not None and report.capped):

@@ -1,0 +1,129 @@
+"""`rlm run`: the embedded demo end to end: seed, keep the embedded Redis up, run `dagster dev`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from contextlib import suppress
+
+from rlm_core.adapters.redis_cache import connect_redis
+from rlm_core.demo import seed_demo
+from rlm_core.lifecycle import LifecycleManager
+from rlm_core.settings import Settings
+from rlm_dagster.home import ensure_dagster_home
+
+DEFAULT_PORT = 3000
+STOP_TIMEOUT_SECONDS = 30
+
+# Soft limits sized to the demo data (seed 0, scale 1: 290 documents, about 2,300 points) so
+# the pressure path shows within minutes: Mongo starts CRITICAL, Qdrant HIGH, and both drop
+# after the cleanups the sensor requests. Any variable set explicitly wins.
+DEMO_ENV = {
+    "MAX_MONGODB_DOCUMENTS": "320",
+    "MAX_QDRANT_POINTS": "2800",
+    "RESOURCE_MONITORING_INTERVAL_SECONDS": "60",
+}
+
+
+def is_embedded(settings: Settings) -> bool:
+    """True when no store URL is configured: everything runs under RLM_DATA_DIR."""
+    urls = (settings.redis_url, settings.qdrant_url, settings.mongodb_url, settings.minio_endpoint)
+    return all(url is None for url in urls)
+
+
+def demo_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment with the demo's limits filled in where the user set nothing."""
+    env = dict(environ)
+    for name, value in DEMO_ENV.items():
+        if not env.get(name):
+            env[name] = value
+    return env
+
+
+def port_from_env(environ: Mapping[str, str]) -> int:
+    """RLM_PORT, validated."""
+    raw = environ.get("RLM_PORT", "") or str(DEFAULT_PORT)
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError(f"RLM_PORT={raw!r} is invalid; allowed: a port number 1-65535")
+    return int(raw)
+
+
+def run(settings: Settings) -> int:
+    """Seed the embedded stores if empty, then serve Dagster on 127.0.0.1 until Ctrl-C."""
+    port = port_from_env(os.environ)
+    env = dict(os.environ)
+    if is_embedded(settings) and os.environ.get("RLM_DEMO", "1") != "0":
+        env = demo_environment(env)
+        settings = Settings.from_env(env)
+    env["DAGSTER_HOME"] = str(ensure_dagster_home(settings))
+    env["RLM_DATA_DIR"] = str(settings.data_dir.resolve())
+    if not is_embedded(settings):
+        return _serve(port, env)
+    # The seeding manager is closed before serving: Qdrant's local mode locks its folder for as
+    # long as a client is open, and the runs need it.
+    with LifecycleManager.from_settings(settings) as manager:
+        if _empty(manager):
+            print(f"rlm: seeding demo data: {seed_demo(manager)}", flush=True)
+    # Holding a cache connection keeps the embedded Redis server up between runs, so idle times
+    # (which a server restart resets) keep growing and the Redis sweep has work to do.
+    keepalive = connect_redis(None, settings.data_dir, settings.store_timeout_seconds)
+    try:
+        keepalive.ping()
+        return _serve(port, env)
+    finally:
+        keepalive.close()
+
+
+def _empty(manager: LifecycleManager) -> bool:
+    return all(m.total_items == 0 for m in manager.metrics().values())
+
+
+def _serve(port: int, env: dict[str, str]) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        "rlm_dagster.definitions",
+    ]
+    print(f"rlm: Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    # dagster dev runs in its own session so one signal reaches its whole group; SIGTERM and
+    # SIGHUP to rlm therefore stop it the same way Ctrl-C does.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        return _stop(child)
+    finally:
+        if child.poll() is None:
+            _stop(child)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(child: subprocess.Popen[bytes]) -> int:
+    # dagster dev shuts its webserver, daemon and code servers down on SIGINT; the group kill
+    # afterwards catches anything that outlived it.
+    with suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGINT)
+    try:
+        child.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    with suppress(ProcessLookupError):
+        os.killpg(child.pid, signal.SIGKILL)
+    return 0
