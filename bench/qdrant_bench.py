@@ -12,7 +12,6 @@ from bench.common import Row, log, median, ratio, run_worker, vm_kb
 
 COLLECTION = "rag_documents"
 CHUNKS = 10  # points per document; 3 documents per session
-CAP_PAIRS = 8  # rlm's local-mode filter delete is slow: one capped call, then extrapolated
 
 
 def _setup(n: int, vector_size: int) -> tuple[Any, Any, datetime, dict[str, int]]:
@@ -92,7 +91,7 @@ def _oid(d: int) -> Any:
 
 
 def rlm_vectors(params: dict[str, Any]) -> dict[str, Any]:
-    """LifecycleManager.cleanup(QDRANT_VECTORS), capped at CAP_PAIRS pairs (one delete call)."""
+    """LifecycleManager.cleanup(QDRANT_VECTORS): a full sweep, timed end to end."""
     from bench.counting import CountingProxy
     from rlm_core.adapters.qdrant_vectors import QdrantVectorStore
     from rlm_core.clock import FakeClock
@@ -114,28 +113,15 @@ def rlm_vectors(params: dict[str, Any]) -> dict[str, Any]:
         metadata=lambda: metadata,  # type: ignore[arg-type,return-value]
     )
     manager = LifecycleManager(settings, stores, FakeClock(now))
-    # Dry run first: how many pairs a full sweep would delete (same scan, nothing deleted).
-    full = manager.cleanup(ResourceType.QDRANT_VECTORS, dry_run=True)
-    doomed_pairs = sum(1 for _ in _audit_lines(full.audit_path, full.run_id))
-    proxy.calls.clear()
-    proxy.seconds.clear()
-    metadata.calls.clear()
     start = time.perf_counter()
-    manager.cleanup(ResourceType.QDRANT_VECTORS, max_deletions=params["cap_pairs"])
+    report = manager.cleanup(ResourceType.QDRANT_VECTORS)
     seconds = time.perf_counter() - start
-    delete_s = proxy.seconds["delete"]
-    calls_full = -(-doomed_pairs // 128)
-    # Each filter call evaluates every point against each of its pairs: cost ~ points x pairs.
-    est_delete = delete_s * doomed_pairs / params["cap_pairs"]
-    requests = dict(proxy.calls)
-    requests["delete"] = calls_full
+    doomed_pairs = sum(1 for _ in _audit_lines(report.audit_path, report.run_id))
     return {
-        "seconds": seconds - delete_s + est_delete,
-        "measured_seconds": seconds,
-        "delete_call_seconds": delete_s,
+        "seconds": seconds,
         "doomed_pairs": doomed_pairs,
-        "deleted_points_full": full.deleted_counts["qdrant"],
-        "requests": requests,
+        "deleted_points_full": report.deleted_counts["qdrant"],
+        "requests": dict(proxy.calls),
         "metadata_calls": dict(metadata.calls),
         "base_rss_mb": base_rss,
     }
@@ -263,7 +249,7 @@ def run(
     rss_by_size: dict[int, float] = {}
     for n in sizes:
         results: dict[str, list[dict[str, Any]]] = {"rlm": [], "scroll": [], "fix": []}
-        params = {"n": n, "vector_size": vector_size, "cap_pairs": CAP_PAIRS}
+        params = {"n": n, "vector_size": vector_size}
         for r in range(runs):
             for name, target in (
                 ("rlm", "bench.qdrant_bench:rlm_vectors"),
@@ -293,8 +279,7 @@ def _rows(n: int, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
     }
     note = (
         f"local mode; {rlm['doomed_pairs']} doomed pairs = {rlm['deleted_points_full']} points; "
-        f"rlm measured with max_deletions={CAP_PAIRS} (one filter call, "
-        f"{rlm['delete_call_seconds']:.1f}s), delete time extrapolated x{rlm['doomed_pairs'] / CAP_PAIRS:.0f}"
+        "full sweep measured"
     )
     rows = [
         Row(bench, "client requests vs scroll+delete-by-id", req_rlm, req_scroll,

@@ -95,10 +95,16 @@ def _resolve_duplicate(
     upload: tuple[str, str, str, str, int],
 ) -> IngestResult:
     user_id, name, key, file_hash, size = upload
-    objects.remove([key])
     existing = metadata.find_by_hash(user_id, file_hash)
     if existing is None:
+        objects.remove([key])
         raise RuntimeError(f"duplicate of {file_hash} for user {user_id} vanished during ingest")
+    if not (existing.minio_key and objects.exists(existing.minio_key)):
+        # An interrupted cascade deleted this record's file but not the record yet: the new
+        # upload repairs it instead of being thrown away, and the app must process it again.
+        metadata.relink_document(existing.id, key, size, clock.now())
+        return IngestResult(existing.id, False, file_hash, size, key)
+    objects.remove([key])
     # Touching keeps a re-uploaded document from expiring an hour after the user re-sent it.
     metadata.touch_document(existing.id, clock.now())
     log_event(

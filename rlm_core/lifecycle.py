@@ -43,7 +43,7 @@ PLANS: dict[ResourceType | None, tuple[_Step, ...]] = {
 }
 
 _STEP_STORE: dict[_Step, str] = {
-    expire_documents: "mongodb",
+    expire_documents: "documents (cascade)",
     sweep_cache: "redis",
     sweep_vectors: "qdrant",
     sweep_orphan_objects: "minio",

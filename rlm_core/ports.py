@@ -257,6 +257,13 @@ class MetadataStore(Protocol):
         """Set updated_at = now (a dedup hit keeps the document live)."""
         ...
 
+    def relink_document(self, doc_id: str, minio_key: str, size_bytes: int, now: datetime) -> None:
+        """Point a document at a new object, mark it `processing` and touch it.
+
+        Repairs a record whose object an interrupted cascade already deleted.
+        """
+        ...
+
     def iter_documents(self, batch_size: int) -> Iterator[list[DocumentRecord]]:
         """Stream all documents in batches (malformed ones carry `problem`)."""
         ...

@@ -30,6 +30,7 @@ PROFILES: dict[str, dict[str, str]] = {
     },
 }
 
+MAX_BATCH_SIZE = 100_000
 SECRET_VARIABLES = frozenset({"MINIO_SECRET_KEY", "QDRANT_API_KEY", "MINIO_ACCESS_KEY"})
 
 
@@ -182,6 +183,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _batch_size(raw: str) -> int:
+    value = _positive_int(raw)
+    if value > MAX_BATCH_SIZE:
+        raise ValueError(f"allowed: a whole number from 1 to {MAX_BATCH_SIZE}")
+    return value
+
+
 def _fraction(raw: str) -> float:
     try:
         value = float(raw)
@@ -330,7 +338,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("QDRANT_VECTOR_SIZE", "qdrant_vector_size", _positive_int),
     _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _optional_positive_int),
     _Spec("RLM_STORE_TIMEOUT_SECONDS", "store_timeout_seconds", _float),
-    _Spec("RLM_BATCH_SIZE", "batch_size", _positive_int),
+    _Spec("RLM_BATCH_SIZE", "batch_size", _batch_size),
     _Spec("RLM_EMBEDDED_LOCK_WAIT_SECONDS", "embedded_lock_wait_seconds", _float),
 )
 

@@ -239,6 +239,17 @@ class MongoMetadataStore:
                 {"$set": {"updated_at": naive_utc(now)}},
             )
 
+    def relink_document(self, doc_id: str, minio_key: str, size_bytes: int, now: datetime) -> None:
+        """Point the document at a new object, mark it processing and touch it."""
+        fields = {
+            "minio_key": minio_key,
+            "size_bytes": size_bytes,
+            "status": "processing",
+            "updated_at": naive_utc(now),
+        }
+        with _guard("relink_document"):
+            self._documents.update_one({"_id": {"$in": id_candidates([doc_id])}}, {"$set": fields})
+
     def iter_documents(self, batch_size: int) -> Iterator[list[DocumentRecord]]:
         """Stream all documents in _id order, `batch_size` per list."""
         with _guard("iter_documents"):

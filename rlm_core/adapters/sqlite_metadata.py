@@ -153,6 +153,15 @@ class SqliteMetadataStore:
                 (encode(naive_utc(now)), doc_id),
             )
 
+    def relink_document(self, doc_id: str, minio_key: str, size_bytes: int, now: datetime) -> None:
+        """Point the document at a new object, mark it processing and touch it."""
+        with self._locked() as conn:
+            conn.execute(
+                "UPDATE documents SET body = json_set(body, '$.minio_key', ?, '$.size_bytes', ?,"
+                " '$.status', 'processing', '$.updated_at', json(?)) WHERE id = ?",
+                (minio_key, size_bytes, encode(naive_utc(now)), doc_id),
+            )
+
     def iter_documents(self, batch_size: int) -> Iterator[list[DocumentRecord]]:
         """Stream all documents in id order, one page query per batch (no long-held lock)."""
         after = ""

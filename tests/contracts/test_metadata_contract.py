@@ -152,6 +152,20 @@ def test_touch_document_updates_updated_at(store: MetadataStore, clock: FakeCloc
     assert record.updated_at == later.replace(microsecond=123000)
 
 
+def test_relink_document_points_at_the_new_object(store: MetadataStore, clock: FakeClock) -> None:
+    doc_id = store.insert_document(_new(created=clock.now()))
+    later = clock.advance(days=8)
+    store.relink_document(doc_id, "new-uuid/file.pdf", 4321, later)
+    record = store.get_documents([doc_id])[doc_id]
+    assert (record.minio_key, record.size_bytes, record.status) == (
+        "new-uuid/file.pdf",
+        4321,
+        "processing",
+    )
+    assert record.updated_at == later.replace(microsecond=(later.microsecond // 1000) * 1000)
+    assert record.created_at == NOW
+
+
 def test_touch_document_finds_legacy_string_ids(store: MetadataStore) -> None:
     store.insert_raw("documents", [_raw_doc("legacy-1")])
     store.touch_document("legacy-1", NOW)
