@@ -13,6 +13,7 @@ import pytest
 from rlm_core import LifecycleManager, Settings
 from rlm_core.clock import FakeClock
 from tests.lifecycle.world import World
+from tests.stack import STACKS, build_manager
 
 
 @pytest.fixture
@@ -27,22 +28,12 @@ def settings(tmp_path: Path, bucket_name: str) -> Settings:
     return replace(base, minio_bucket=bucket_name, batch_size=50)
 
 
-@pytest.fixture(params=["servers", "embedded"])
+@pytest.fixture(params=STACKS)
 def manager(
     request: pytest.FixtureRequest, settings: Settings, clock: FakeClock
 ) -> Iterator[LifecycleManager]:
     """A LifecycleManager over real servers (redis-server, S3 over HTTP, Qdrant local, mongomock) or embedded."""
-    if request.param == "servers":
-        mgr = LifecycleManager.from_clients(
-            settings,
-            redis=request.getfixturevalue("redis_client"),
-            qdrant=request.getfixturevalue("qdrant_client"),
-            minio=request.getfixturevalue("minio_client"),
-            mongo_db=request.getfixturevalue("mongo_db"),
-            clock=clock,
-        )
-    else:
-        mgr = LifecycleManager.from_settings(settings, clock=clock)
+    mgr = build_manager(request, settings, clock)
     yield mgr
     mgr.close()
 

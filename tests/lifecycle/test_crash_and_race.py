@@ -16,54 +16,15 @@ import pytest
 from rlm_core import LifecycleManager, Settings
 from rlm_core.clock import FakeClock
 from rlm_core.stores import Stores
+from tests.faults import Crash, FaultPlan, faulty
 from tests.lifecycle.conftest import raw_redis
 from tests.lifecycle.world import State, World, snapshot
 
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-MUTATIONS = {
-    "delete_for_documents",
-    "delete_for_pairs",
-    "unlink",
-    "unlink_idle",
-    "expire_if_persistent",
-    "remove",
-    "delete_documents",
-}
-
-
-class Crash(Exception):
-    """Stands for the process dying mid-sweep."""
-
-
-class _Crashing:
-    """Proxy that lets `budget[0]` mutating calls through, then raises Crash."""
-
-    def __init__(self, inner: Any, budget: list[int]) -> None:
-        self._inner = inner
-        self._budget = budget
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if name not in MUTATIONS:
-            return attr
-
-        def guarded(*args: Any, **kwargs: Any) -> Any:
-            if self._budget[0] <= 0:
-                raise Crash(name)
-            self._budget[0] -= 1
-            return attr(*args, **kwargs)
-
-        return guarded
 
 
 def crashing(stores: Stores, after: int) -> Stores:
-    budget = [after]
-    return Stores(
-        lambda: _Crashing(stores.cache(), budget),  # type: ignore[arg-type,return-value]
-        lambda: _Crashing(stores.vectors(), budget),  # type: ignore[arg-type,return-value]
-        lambda: _Crashing(stores.objects(), budget),  # type: ignore[arg-type,return-value]
-        lambda: _Crashing(stores.metadata(), budget),  # type: ignore[arg-type,return-value]
-    )
+    return faulty(stores, FaultPlan(crash_after=after))
 
 
 def build(world: World) -> None:
@@ -121,9 +82,9 @@ def test_one_run_makes_more_mutating_calls_than_the_largest_crash_point(tmp_path
     calls: list[int] = []
 
     def counted(manager: LifecycleManager) -> None:
-        stores = crashing(manager.stores, budget)
-        LifecycleManager(manager.settings, stores, manager.clock).cleanup()
-        calls.append(budget - stores.cache()._budget[0])  # type: ignore[attr-defined]
+        plan = FaultPlan(crash_after=budget)
+        LifecycleManager(manager.settings, faulty(manager.stores, plan), manager.clock).cleanup()
+        calls.append(plan._mutations)
 
     assert run_world(tmp_path, "a", counted) == run_world(tmp_path, "b", lambda m: m.cleanup())
     assert calls[0] > 9

@@ -11,6 +11,7 @@ import pytest
 
 from rlm_core import LifecycleManager, Settings
 from rlm_core.clock import FakeClock
+from tests.stack import STACKS, build_manager
 
 
 @pytest.fixture
@@ -25,22 +26,12 @@ def settings(tmp_path: Path, bucket_name: str) -> Settings:
     return replace(base, minio_bucket=bucket_name, batch_size=3)
 
 
-@pytest.fixture(params=["servers", "embedded"])
+@pytest.fixture(params=STACKS)
 def manager(
     request: pytest.FixtureRequest, settings: Settings, clock: FakeClock
 ) -> Iterator[LifecycleManager]:
     """Real redis-server, S3 over HTTP, Qdrant local and mongomock; or the embedded stack."""
-    if request.param == "servers":
-        mgr = LifecycleManager.from_clients(
-            settings,
-            redis=request.getfixturevalue("redis_client"),
-            qdrant=request.getfixturevalue("qdrant_client"),
-            minio=request.getfixturevalue("minio_client"),
-            mongo_db=request.getfixturevalue("mongo_db"),
-            clock=clock,
-        )
-    else:
-        mgr = LifecycleManager.from_settings(settings, clock=clock)
+    mgr = build_manager(request, settings, clock)
     mgr.stores.metadata().ensure_indexes()
     mgr.stores.vectors().ensure_collection()
     mgr.stores.objects().ensure_bucket()

@@ -30,7 +30,7 @@ from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed, StoreError
 from rlm_core.stores import Stores
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.reliability.faults import Crash, FaultPlan, faulty
+from tests.faults import Crash, FaultPlan, faulty
 from tests.services import RedisServer, S3Server, free_port, redis_server, s3_server
 
 DAY = timedelta(days=1)

@@ -58,7 +58,7 @@ from rlm_core.clock import FakeClock
 from rlm_core.policy import IN_FLIGHT_STATUSES
 from rlm_core.ports import CacheSeed, VectorPoint
 from rlm_core.stores import Stores
-from tests.reliability.faults import STORE_NAMES, Crash, FaultPlan, faulty
+from tests.faults import STORE_NAMES, Crash, FaultPlan, faulty
 
 settings.register_profile(
     "ci",

@@ -18,6 +18,7 @@ MUTATIONS = frozenset(
         "remove",
         "delete_documents",
         "touch_document",
+        "relink_document",
     }
 )
 STORE_NAMES = ("cache", "vectors", "objects", "metadata")
