@@ -98,8 +98,7 @@ def _serve(port: int, env: dict[str, str]) -> int:
     child = subprocess.Popen(command, env=env, start_new_session=True)
     # dagster dev runs in its own session so one signal reaches its whole group; SIGTERM and
     # SIGHUP to rlm therefore stop it the same way Ctrl-C does.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _interrupt)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         return child.wait()
     except KeyboardInterrupt:
@@ -107,6 +106,8 @@ def _serve(port: int, env: dict[str, str]) -> int:
     finally:
         if child.poll() is None:
             _stop(child)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum: int, frame: object) -> None:
