@@ -41,7 +41,7 @@ PROFILES = {
         "naive_cap": 10.0,
         "per_object_cap": 8.0,
         "snapshot_runs": 3,
-        "qdrant_fix": True,
+        "qdrant_fix": False,
     },
 }
 VECTOR_SIZE = 384
