@@ -97,8 +97,10 @@ def _serve(port: int, env: dict[str, str]) -> int:
     print(f"rlm: Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     child = subprocess.Popen(command, env=env, start_new_session=True)
     # dagster dev runs in its own session so one signal reaches its whole group; SIGTERM and
-    # SIGHUP to rlm therefore stop it the same way Ctrl-C does.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGHUP to rlm stop it the same way Ctrl-C does.
+    # SIGINT too: a shell's background job inherits it as ignored, and Ctrl-C must still work.
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in signals}
     try:
         return child.wait()
     except KeyboardInterrupt:
