@@ -130,6 +130,8 @@ OTHERS = [
     ("QDRANT_VECTOR_SIZE", "0", "whole number > 0"),
     ("QDRANT_VECTOR_SIZE", "384.0", "whole number > 0"),
     ("RLM_BATCH_SIZE", "lots", "whole number > 0"),
+    ("RLM_BATCH_SIZE", "100001", "whole number from 1 to 100000"),
+    ("RLM_EMBEDDED_LOCK_WAIT_SECONDS", "-5", "number > 0"),
     ("RLM_MAX_DELETIONS_PER_RUN", "0", "whole number > 0"),
     ("RLM_STORE_TIMEOUT_SECONDS", "0", "number > 0"),
     ("RLM_DATA_DIR", "   ", "folder path"),
