@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,9 +16,11 @@ import pytest
 from rlm_core import LifecycleManager, Settings
 from rlm_core.clock import FakeClock
 from rlm_core.stores import Stores
+from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import Crash, FaultPlan, faulty
 from tests.lifecycle.conftest import raw_redis
 from tests.lifecycle.world import State, World, snapshot
+from tests.services import S3Server
 
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
@@ -108,9 +110,31 @@ def _race(manager: LifecycleManager, users: list[str], payload: bytes) -> list[A
     return results
 
 
+@pytest.fixture
+def race_manager(tmp_path: Path, s3_srv: S3Server, bucket_name: str) -> Iterator[LifecycleManager]:
+    """S3 over HTTP and the SQLite metadata store, whose unique index is atomic.
+
+    mongomock checks a unique index after inserting, so concurrent inserts can both lose; it
+    cannot model this race (a real MongoDB's unique index can), so the race runs here.
+    """
+    settings = Settings.from_env(
+        {
+            "RLM_DATA_DIR": str(tmp_path / "race"),
+            "MINIO_ENDPOINT": s3_srv.endpoint,
+            "MINIO_ACCESS_KEY": S3_ACCESS_KEY,
+            "MINIO_SECRET_KEY": S3_SECRET_KEY,
+            "MINIO_BUCKET": bucket_name,
+        }
+    )
+    manager = LifecycleManager.from_settings(settings, clock=FakeClock(START))
+    yield manager
+    manager.close()
+
+
 def test_sixteen_concurrent_uploads_leave_one_document_and_one_object(
-    manager: LifecycleManager,
+    race_manager: LifecycleManager,
 ) -> None:
+    manager = race_manager
     results = _race(manager, ["user-1"] * 16, b"%PDF-1.7 identical" * 4096)
     assert len({r.document_id for r in results}) == 1
     assert sum(not r.duplicate for r in results) == 1
@@ -119,7 +143,8 @@ def test_sixteen_concurrent_uploads_leave_one_document_and_one_object(
     assert [o.key for o in manager.stores.objects().iter_objects()] == [docs[0].minio_key]
 
 
-def test_the_same_file_for_two_users_makes_two_documents(manager: LifecycleManager) -> None:
+def test_the_same_file_for_two_users_makes_two_documents(race_manager: LifecycleManager) -> None:
+    manager = race_manager
     results = _race(manager, ["user-1", "user-2"] * 4, b"shared contract" * 1000)
     assert len({r.document_id for r in results}) == 2
     assert len({o.key for o in manager.stores.objects().iter_objects()}) == 2
