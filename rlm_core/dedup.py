@@ -99,7 +99,8 @@ def _resolve_duplicate(
     if existing is None:
         objects.remove([key])
         raise RuntimeError(f"duplicate of {file_hash} for user {user_id} vanished during ingest")
-    if not (existing.minio_key and objects.exists(existing.minio_key)):
+    ours = existing.minio_bucket in (None, objects.bucket)
+    if ours and not (existing.minio_key and objects.exists(existing.minio_key)):
         # An interrupted cascade deleted this record's file but not the record yet: the new
         # upload repairs it instead of being thrown away, and the app must process it again.
         metadata.relink_document(existing.id, key, size, clock.now())

@@ -57,6 +57,7 @@ class LifecycleManager:
         self.settings = settings
         self.stores = stores
         self.clock = clock
+        self._ingest_ready = False
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock | None = None) -> LifecycleManager:
@@ -176,6 +177,12 @@ class LifecycleManager:
         self, user_id: str, filename: str, stream: BinaryIO, content_type: str | None = None
     ) -> IngestResult:
         """Upload with per-user SHA-256 dedup (SPEC section 5)."""
+        if not self._ingest_ready:
+            # The unique (user_id, file_hash) index is what makes dedup race-free: it must exist
+            # before the first upload, on a real server too. Both calls are idempotent.
+            self.stores.metadata().ensure_indexes()
+            self.stores.objects().ensure_bucket()
+            self._ingest_ready = True
         return ingest(
             self.stores.objects(),
             self.stores.metadata(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -146,7 +147,8 @@ class Settings:
 
 
 def redact_url(url: str) -> str:
-    """Replace the password of `scheme://user:password@host` with ***."""
+    """Replace the password of `scheme://user:password@host`, and any query string, with ***."""
+    url = _redact_query(url)
     scheme, sep, rest = url.partition("://")
     if not sep or "@" not in rest:
         return url
@@ -374,8 +376,15 @@ def _problem(env: str, raw: str, allowed: str) -> str:
 _CONNECTION_VARIABLES = frozenset({"REDIS_URL", "QDRANT_URL", "MONGODB_URL", "MINIO_ENDPOINT"})
 
 
+def _redact_query(url: str) -> str:
+    # Query strings can carry secrets too (redis-py honours ?password=, Mongo takes tokens).
+    base, sep, _ = url.partition("?")
+    return f"{base}?***" if sep else url
+
+
 def _redact_credentials(raw: str) -> str:
     # An invalid URL may still hold a password before its '@': hide everything up to the last '@'.
+    raw = _redact_query(raw)
     if "@" not in raw:
         return raw
     scheme, sep, rest = raw.partition("://")
@@ -385,6 +394,13 @@ def _redact_credentials(raw: str) -> str:
 
 def _cross_checks(s: Settings) -> list[str]:
     problems: list[str] = []
+    for template in s.redis_document_key_templates:
+        key = template.format(doc_id="0123456789abcdef01234567")
+        if not any(fnmatch.fnmatchcase(key, p) for p in s.redis_cache_key_patterns):
+            problems.append(
+                f"REDIS_DOCUMENT_KEY_TEMPLATES={template!r} is invalid; allowed: templates whose "
+                "keys match one of REDIS_CACHE_KEY_PATTERNS (cleanup touches no other key)"
+            )
     if not s.cleanup_threshold_medium < s.cleanup_threshold_high < s.cleanup_threshold_critical:
         problems.append(
             f"CLEANUP_THRESHOLD_MEDIUM={s.cleanup_threshold_medium}, "

@@ -134,6 +134,15 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
     """Fill the configured stores with realistic synthetic data."""
+    if not (dev.is_embedded(settings) or args.allow_servers):
+        # Demo data includes keys that are not rlm's (blacklist:*, ...) and synthetic users:
+        # never written into real servers by accident.
+        print(
+            "rlm: demo seed writes synthetic data; a store URL is set, so pass --allow-servers "
+            "to write it into those servers",
+            file=sys.stderr,
+        )
+        return 2
     with LifecycleManager.from_settings(settings) as manager:
         _print(seed_demo(manager, scale=args.scale, seed=args.seed))
     return 0
@@ -174,6 +183,9 @@ def _add_ingest_and_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser
     seed = demo.add_parser("seed", help="fill the stores with synthetic data")
     seed.add_argument("--scale", type=_positive_int, default=1, help="multiply the data volume")
     seed.add_argument("--seed", type=int, default=0, help="random seed")
+    seed.add_argument(
+        "--allow-servers", action="store_true", help="also seed when store URLs are configured"
+    )
     seed.set_defaults(handler=cmd_demo_seed)
 
 

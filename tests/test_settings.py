@@ -312,7 +312,7 @@ def test_valid_values_are_parsed() -> None:
             "MINIO_SECRET_KEY": "secret",
             "MINIO_BUCKET": "rag-files",
             "REDIS_CACHE_KEY_PATTERNS": "doc:text:*, cache:* ,",
-            "REDIS_DOCUMENT_KEY_TEMPLATES": "doc:text:{doc_id},doc:meta:{doc_id}",
+            "REDIS_DOCUMENT_KEY_TEMPLATES": "doc:text:{doc_id},cache:meta:{doc_id}",
             "RLM_DATA_DIR": "/var/lib/rlm",
             "RLM_MAX_DELETIONS_PER_RUN": "100",
         }
@@ -330,7 +330,7 @@ def test_valid_values_are_parsed() -> None:
     assert settings.minio_endpoint == "minio:9000"
     assert settings.minio_bucket == "rag-files"
     assert settings.redis_cache_key_patterns == ("doc:text:*", "cache:*")
-    assert settings.redis_document_key_templates == ("doc:text:{doc_id}", "doc:meta:{doc_id}")
+    assert settings.redis_document_key_templates == ("doc:text:{doc_id}", "cache:meta:{doc_id}")
     assert settings.data_dir == Path("/var/lib/rlm")
     assert settings.audit_path == Path("/var/lib/rlm/audit")
     assert settings.max_deletions_per_run == 100
@@ -554,3 +554,23 @@ def test_secret_variables_are_shown_as_stars_in_problems() -> None:
 )
 def test_redact_url(url: str, expected: str) -> None:
     assert redact_url(url) == expected
+
+
+def test_document_key_templates_must_match_a_cache_pattern() -> None:
+    with pytest.raises(SettingsError) as excinfo:
+        Settings.from_env({"REDIS_DOCUMENT_KEY_TEMPLATES": "text:{doc_id}"})
+    message = str(excinfo.value)
+    assert "REDIS_DOCUMENT_KEY_TEMPLATES='text:{doc_id}' is invalid" in message
+    assert "REDIS_CACHE_KEY_PATTERNS" in message
+    Settings.from_env({"REDIS_DOCUMENT_KEY_TEMPLATES": "cache:doc:{doc_id}"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://h:6379/0?password=hunter2", "mongodb://h/?authMechanismProperties=TOKEN:hunter2"],
+)
+def test_secrets_in_a_query_string_are_redacted(url: str) -> None:
+    variable = "REDIS_URL" if url.startswith("redis") else "MONGODB_URL"
+    settings = Settings.from_env({variable: url})
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.public_view())

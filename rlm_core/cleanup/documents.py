@@ -44,7 +44,11 @@ def _expire_batch(sweep: Sweep, candidates: list[DocumentRecord]) -> None:
     referenced = metadata.active_references(
         [d.id for d in candidates], sweep.retention.active_since
     )
-    expired = sweep.granted([d for d in candidates if d.id not in referenced])
+    # Re-read right before deleting: a dedup hit or a repair since the listing touched the
+    # record, and a touched record is live.
+    current = metadata.get_documents([d.id for d in candidates if d.id not in referenced])
+    still = [d for d in current.values() if _still_expired(sweep, d)]
+    expired = sweep.granted(still)
     if not expired:
         return
     ids = [d.id for d in expired]
@@ -55,6 +59,11 @@ def _expire_batch(sweep: Sweep, candidates: list[DocumentRecord]) -> None:
         _count(sweep, expired, points, len(cache_keys))
     else:
         _delete_cascade(sweep, expired, points, cache_keys)
+
+
+def _still_expired(sweep: Sweep, doc: DocumentRecord) -> bool:
+    verdict = document_verdict(doc, sweep.retention)
+    return verdict is DocumentVerdict.CANDIDATE and _is_our_object(sweep, doc)
 
 
 def _delete_cascade(

@@ -12,12 +12,6 @@ S3_DELETE_BATCH = 1000
 
 def sweep_orphan_objects(sweep: Sweep) -> None:
     """List first, then read references per page, then batch-delete the old unreferenced ones."""
-    if not sweep.metadata_populated:
-        sweep.report.errors.append(
-            "minio: refusing the orphan sweep because the metadata store holds no documents "
-            "(check MONGODB_URL, MONGODB_DATABASE and RLM_DOCUMENTS_COLLECTION)"
-        )
-        return
     objects = sweep.stores.objects()
     for page in chunked(objects.iter_objects(), S3_DELETE_BATCH):
         old = [obj for obj in page if object_is_old(obj, sweep.retention)]
@@ -31,9 +25,13 @@ def sweep_orphan_objects(sweep: Sweep) -> None:
 def _delete_orphans(sweep: Sweep, old: list[ObjectInfo]) -> None:
     bucket = sweep.stores.objects().bucket
     referenced = sweep.stores.metadata().referenced_object_keys(bucket, [o.key for o in old])
-    orphans = sweep.granted([o for o in old if o.key not in referenced])
-    if not orphans:
+    candidates = [o for o in old if o.key not in referenced]
+    if not candidates:
         return
+    if not sweep.metadata_populated:
+        _refuse(sweep)
+        return
+    orphans = sweep.granted(candidates)
     sweep.audit.record([_entry(sweep, o) for o in orphans])
     if sweep.dry_run:
         sweep.report.add_deleted("minio", len(orphans), sum(o.size for o in orphans))
@@ -43,6 +41,15 @@ def _delete_orphans(sweep: Sweep, old: list[ObjectInfo]) -> None:
     sweep.report.add_deleted("minio", len(done), sum(o.size for o in done))
     if failed:
         sweep.report.errors.append(f"minio: {len(failed)} object(s) could not be deleted")
+
+
+def _refuse(sweep: Sweep) -> None:
+    message = (
+        "minio: refusing the orphan sweep because the metadata store holds no documents "
+        "(check MONGODB_URL, MONGODB_DATABASE and RLM_DOCUMENTS_COLLECTION)"
+    )
+    if message not in sweep.report.errors:
+        sweep.report.errors.append(message)
 
 
 def _entry(sweep: Sweep, obj: ObjectInfo) -> AuditEntry:

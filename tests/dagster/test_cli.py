@@ -62,6 +62,15 @@ def test_settings_are_printed_with_secrets_redacted(
     assert json.loads(out)["minio_secret_key"] == "***"
 
 
+def test_demo_seed_refuses_real_servers_unless_allowed(
+    rlm_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    code, out, err = run_cli(capsys, "demo", "seed")
+    assert code == 2 and out == ""
+    assert "--allow-servers" in err
+
+
 def test_demo_metrics_ingest_and_cleanup(
     rlm_env: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -216,3 +216,30 @@ def test_empty_metadata_store_refuses_orphan_sweeps(
     assert any("metadata store holds no documents" in e for e in report.errors)
     assert orphan in {o.key for o in manager.stores.objects().iter_objects()}
     assert manager.stores.vectors().count_for_documents(["doc-x"]) == 3
+
+
+def test_a_dedup_touch_during_the_expiry_batch_keeps_the_document(
+    manager: LifecycleManager, world: World
+) -> None:
+    import hashlib
+    import io
+
+    body = b"the same report" * 100
+    sha = hashlib.sha256(body).hexdigest()
+    doc_id = world.document(age=8 * DAY, extra={"metadata": {"file_hash": sha}})
+    metadata = manager.stores.metadata()
+    read_references = metadata.active_references
+
+    def references_then_a_reupload(ids: list[str], since: object) -> set[str]:
+        # The user re-uploads the file after the sweep listed the document as expired.
+        found = read_references(ids, since)  # type: ignore[arg-type]
+        again = manager.ingest("user-1", "a.pdf", io.BytesIO(body))
+        assert again.duplicate and again.document_id == doc_id
+        return found
+
+    metadata.active_references = references_then_a_reupload  # type: ignore[method-assign]
+    report = manager.cleanup(ResourceType.MONGODB_METADATA)
+    doc = manager.stores.metadata().get_documents([doc_id])[doc_id]
+    assert report.deleted_counts["mongodb"] == 0
+    assert doc.minio_key in {o.key for o in manager.stores.objects().iter_objects()}
+    assert manager.stores.vectors().count_for_documents([doc_id]) == 3
