@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
 from collections.abc import Mapping
 from contextlib import suppress
 
@@ -17,6 +21,7 @@ from rlm_dagster.home import ensure_dagster_home
 
 DEFAULT_PORT = 3000
 STOP_TIMEOUT_SECONDS = 30
+STARTUP_TIMEOUT_SECONDS = 180
 
 # Soft limits sized to the demo data (seed 0, scale 1: 290 documents, about 2,300 points) so
 # the pressure path shows within minutes: Mongo starts CRITICAL, Qdrant HIGH, and both drop
@@ -96,6 +101,7 @@ def _serve(port: int, env: dict[str, str]) -> int:
     ]
     print(f"rlm: Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     child = subprocess.Popen(command, env=env, start_new_session=True)
+    threading.Thread(target=_first_snapshot, args=(port, env), daemon=True).start()
     # dagster dev runs in its own session so one signal reaches its whole group; SIGTERM and
     # SIGHUP to rlm stop it the same way Ctrl-C does.
     # SIGINT too: a shell's background job inherits it as ignored, and Ctrl-C must still work.
@@ -110,6 +116,35 @@ def _serve(port: int, env: dict[str, str]) -> int:
             _stop(child)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _first_snapshot(port: int, env: dict[str, str]) -> None:
+    """Queue one snapshot_job as soon as the UI answers, so a newcomer need not wait for cron."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        return
+    launch = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "job",
+        "launch",
+        "-m",
+        "rlm_dagster.definitions",
+        "-j",
+        "snapshot_job",
+        "--tags",
+        json.dumps({"rlm/trigger": "manual", "rlm/reason": "First snapshot at start"}),
+    ]
+    subprocess.run(
+        launch, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -51,6 +51,7 @@ def test_the_webserver_binds_to_loopback(monkeypatch: pytest.MonkeyPatch, tmp_pa
             return 0
 
     monkeypatch.setattr(subprocess, "Popen", _Child)
+    monkeypatch.setattr(dev, "_first_snapshot", lambda port, env: None)
     assert dev._serve(3123, {}) == 0
     command = seen["command"]
     assert command[command.index("-h") + 1] == "127.0.0.1"
