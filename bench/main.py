@@ -6,7 +6,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +50,18 @@ VECTOR_SIZE = 384
 
 
 def main() -> int:
+    """Run the benchmarks with every temporary file under one folder removed at the end."""
+    scratch = tempfile.mkdtemp(prefix="rlm-bench-run-")
+    # Workers are subprocesses: TMPDIR sends their temporary folders here too.
+    os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = scratch
+    try:
+        return _main()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
