@@ -290,10 +290,6 @@ def _text(raw: str) -> str:
     return raw
 
 
-def _optional_positive_int(raw: str) -> int | None:
-    return _positive_int(raw)
-
-
 def _path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("allowed: a folder path")
@@ -338,7 +334,7 @@ _SPECS: tuple[_Spec, ...] = (
     _Spec("REDIS_DOCUMENT_KEY_TEMPLATES", "redis_document_key_templates", _templates),
     _Spec("QDRANT_COLLECTION", "qdrant_collection", _name),
     _Spec("QDRANT_VECTOR_SIZE", "qdrant_vector_size", _positive_int),
-    _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _optional_positive_int),
+    _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _positive_int),
     _Spec("RLM_STORE_TIMEOUT_SECONDS", "store_timeout_seconds", _float),
     _Spec("RLM_BATCH_SIZE", "batch_size", _batch_size),
     _Spec("RLM_EMBEDDED_LOCK_WAIT_SECONDS", "embedded_lock_wait_seconds", _float),

