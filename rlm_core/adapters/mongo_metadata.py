@@ -25,6 +25,8 @@ from rlm_core.ports import (
 )
 
 IN_BATCH = 1000
+# Object keys per reference query: the orphan sweep reads references for 10 listing pages at once.
+KEY_BATCH = 10_000
 SIZE_SAMPLE = 10_000
 LOGICAL_COLLECTIONS = ("documents", "chat_sessions", "messages")
 
@@ -298,7 +300,7 @@ class MongoMetadataStore:
             buckets.append(None)  # matches a missing or null minio_bucket
         found: set[str] = set()
         with _guard("referenced_object_keys"):
-            for batch in chunks(set(keys), IN_BATCH):
+            for batch in chunks(set(keys), KEY_BATCH):
                 query = {"minio_key": {"$in": batch}, "minio_bucket": {"$in": buckets}}
                 for raw in self._documents.find(query, {"minio_key": 1}):
                     found.add(raw["minio_key"])

@@ -21,6 +21,7 @@ from bson import ObjectId
 
 from rlm_core.adapters.mongo_metadata import (
     IN_BATCH,
+    KEY_BATCH,
     LOGICAL_COLLECTIONS,
     chunks,
     document_record,
@@ -204,7 +205,7 @@ class SqliteMetadataStore:
     def referenced_object_keys(self, bucket: str, keys: Sequence[str]) -> set[str]:
         """Those of keys some document names in this bucket (no bucket = the default bucket)."""
         found: set[str] = set()
-        for batch in chunks(set(keys), IN_BATCH):
+        for batch in chunks(set(keys), KEY_BATCH):
             params = {
                 "keys": json.dumps(batch),
                 "bucket": bucket,

@@ -8,18 +8,29 @@ from rlm_core.policy import object_is_old
 from rlm_core.ports import ObjectInfo
 
 S3_DELETE_BATCH = 1000
+# Old objects whose references are read in one query: ten listing pages. Orphans are deleted
+# right after each read, 1000 per request, so per 1,000 listed objects the sweep sends one
+# LIST page, a tenth of a reference query and one DeleteObjects per 1,000 orphans.
+REFERENCE_WINDOW = 10 * S3_DELETE_BATCH
 
 
 def sweep_orphan_objects(sweep: Sweep) -> None:
-    """List first, then read references per page, then batch-delete the old unreferenced ones."""
-    objects = sweep.stores.objects()
-    for page in chunked(objects.iter_objects(), S3_DELETE_BATCH):
-        old = [obj for obj in page if object_is_old(obj, sweep.retention)]
-        if old:
-            _delete_orphans(sweep, old)
-        if sweep.budget.exhausted:
-            sweep.report.capped = True
-            return
+    """List first, then read references per window, then batch-delete the old unreferenced."""
+    window: list[ObjectInfo] = []
+    for obj in sweep.stores.objects().iter_objects():
+        if not object_is_old(obj, sweep.retention):
+            continue
+        window.append(obj)
+        if len(window) == REFERENCE_WINDOW:
+            _delete_orphans(sweep, window)
+            window = []
+            if sweep.budget.exhausted:
+                sweep.report.capped = True
+                return
+    if window:
+        _delete_orphans(sweep, window)
+    if sweep.budget.exhausted:
+        sweep.report.capped = True
 
 
 def _delete_orphans(sweep: Sweep, old: list[ObjectInfo]) -> None:
@@ -31,7 +42,13 @@ def _delete_orphans(sweep: Sweep, old: list[ObjectInfo]) -> None:
     if not sweep.metadata_populated:
         _refuse(sweep)
         return
-    orphans = sweep.granted(candidates)
+    for batch in chunked(sweep.granted(candidates), S3_DELETE_BATCH):
+        _delete_batch(sweep, batch)
+
+
+def _delete_batch(sweep: Sweep, orphans: list[ObjectInfo]) -> None:
+    # Audit each request's objects just before the request, so a crash leaves no audited-only
+    # thousands behind it.
     sweep.audit.record([_entry(sweep, o) for o in orphans])
     if sweep.dry_run:
         sweep.report.add_deleted("minio", len(orphans), sum(o.size for o in orphans))
