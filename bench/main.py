@@ -19,31 +19,28 @@ HERE = Path(__file__).resolve().parent
 
 PROFILES = {
     "quick": {
-        "redis": [20_000, 100_000],
-        "s3": [2_000, 10_000],
-        "qdrant": [10_000],
+        "redis": [10_000, 100_000],
+        "s3": [1_000, 10_000],
+        "qdrant": [2_000, 20_000],
+        "qdrant_filter": (2_000,),
         "snapshot": (100_000, 10_000, 10_000),
         "dedup_mb": 64,
         "runs": 3,
         "naive_cap": 1.0,
-        "per_object_cap": 1.5,
-        "snapshot_runs": 1,
-        "qdrant_fix": False,
+        "per_object_cap": 1.0,
+        "snapshot_runs": 3,
     },
     "full": {
         "redis": [100_000, 1_000_000],
-        # moto's S3 server re-sorts the whole bucket for every listing page (quadratic), and
-        # qdrant-client's local mode evaluates filters in Python: these two stay smaller than
-        # the 100k so the profile fits in 15 minutes; the note column says so.
-        "s3": [2_000, 20_000],
-        "qdrant": [5_000, 50_000],
-        "snapshot": (1_000_000, 50_000, 20_000),
+        "s3": [10_000, 100_000],
+        "qdrant": [10_000, 100_000],
+        "qdrant_filter": (10_000,),
+        "snapshot": (1_000_000, 100_000, 100_000),
         "dedup_mb": 512,
         "runs": 3,
-        "naive_cap": 10.0,
-        "per_object_cap": 8.0,
+        "naive_cap": 5.0,
+        "per_object_cap": 5.0,
         "snapshot_runs": 3,
-        "qdrant_fix": False,
     },
 }
 VECTOR_SIZE = 384
@@ -84,7 +81,7 @@ def _main() -> int:
         rows += [*got, _flat("s3_sweep", rss)]
     if "qdrant" in only:
         sizes = p["qdrant"]
-        got, rss = qdrant_bench.run(sizes, runs, VECTOR_SIZE, bool(p["qdrant_fix"]))  # type: ignore[arg-type]
+        got, rss = qdrant_bench.run(sizes, runs, VECTOR_SIZE, p["qdrant_filter"])  # type: ignore[arg-type]
         rows += got
         if len(rss) > 1:
             rows.append(_flat("qdrant_expiry (growth above loaded collection)", rss))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from qdrant_client import QdrantClient, models
@@ -21,17 +21,37 @@ INDEXED_FIELDS = ("session_id", "document_id")
 _DOCUMENT_BATCH = 256
 _PAIR_BATCH = 128
 _UPSERT_BATCH = 256
+# Local mode sorts every point id for each scroll page (qdrant_client/local/local_collection.py,
+# `_scroll_by_id`), so a pass costs O(N^2 / page): it reads big pages and yields slices.
+_LOCAL_PAGE = 10_000
 
 _T = TypeVar("_T")
 
 
 class QdrantVectorStore:
-    """Points of one Qdrant collection, read and deleted by their lifecycle payload."""
+    """Points of one Qdrant collection, read and deleted by their lifecycle payload.
 
-    def __init__(self, client: QdrantClient, collection: str, vector_size: int) -> None:
+    Against a server, deletes are server-side delete-by-filter (answered from the keyword
+    indexes). qdrant-client's local engine has no indexes: it evaluates a filter in Python for
+    every point of the collection on every call, and `MatchAny` compares against each listed
+    value in turn (qdrant_client/local/payload_filters.py, `calculate_payload_mask` and
+    `check_match`), so filter deletes cost O(points x listed values) per call. In local mode
+    (`scan_deletes`, detected from the client) the same points are therefore selected by one
+    scroll with set lookups and deleted by id. That is exact there: local mode holds an
+    exclusive lock on its folder, so no other writer can add or change points in between.
+    """
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection: str,
+        vector_size: int,
+        scan_deletes: bool | None = None,
+    ) -> None:
         self._client = client
         self.collection = collection
         self.vector_size = vector_size
+        self.scan_deletes = is_local(client) if scan_deletes is None else scan_deletes
 
     def ensure_collection(self) -> None:
         """Create the collection (cosine, vector_size) and keyword payload indexes if missing."""
@@ -59,20 +79,13 @@ class QdrantVectorStore:
         payload: list[str] | bool = True if with_payload_size else list(LIFECYCLE_FIELDS)
         if not self._exists():
             return
-        with self._errors("scroll"):
-            offset: models.ExtendedPointId | None = None
-            while True:
-                records, offset = self._client.scroll(
-                    self.collection,
-                    limit=batch_size,
-                    offset=offset,
-                    with_payload=payload,
-                    with_vectors=False,
-                )
-                if records:
-                    yield [_point_info(r, with_payload_size) for r in records]
-                if offset is None:
-                    return
+        # Payload weighing reads a small prefix sample: big pages would only copy more text.
+        big = self.scan_deletes and not with_payload_size
+        page = max(batch_size, _LOCAL_PAGE) if big else batch_size
+        for records in self._scroll(page, payload):
+            for start in range(0, len(records), batch_size):
+                chunk = records[start : start + batch_size]
+                yield [_point_info(r, with_payload_size) for r in chunk]
 
     def count_for_documents(self, document_ids: Sequence[str]) -> int:
         """Points whose document_id is one of these (0 when the collection does not exist)."""
@@ -90,12 +103,22 @@ class QdrantVectorStore:
         """Server-side delete of points whose document_id is one of these."""
         if not self._exists():
             return
+        if self.scan_deletes:
+            wanted = set(document_ids)
+            self._delete_scanned(lambda p: _text(p, "document_id") in wanted)
+            return
         for chunk in _chunks(document_ids, _DOCUMENT_BATCH):
             self._delete(_documents_filter(chunk))
 
     def delete_for_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Server-side delete of points matching any (session_id, document_id) pair."""
         if not self._exists():
+            return
+        if self.scan_deletes:
+            doomed = set(pairs)
+            self._delete_scanned(
+                lambda p: (_text(p, "session_id"), _text(p, "document_id")) in doomed
+            )
             return
         for chunk in _chunks(pairs, _PAIR_BATCH):
             # The must clause narrows to the chunk's documents first: a server answers it from
@@ -136,6 +159,33 @@ class QdrantVectorStore:
                         self.collection, field, field_schema=models.PayloadSchemaType.KEYWORD
                     )
 
+    def _scroll(self, page: int, payload: list[str] | bool) -> Iterator[list[models.Record]]:
+        with self._errors("scroll"):
+            offset: models.ExtendedPointId | None = None
+            while True:
+                records, offset = self._client.scroll(
+                    self.collection,
+                    limit=page,
+                    offset=offset,
+                    with_payload=payload,
+                    with_vectors=False,
+                )
+                if records:
+                    yield records
+                if offset is None:
+                    return
+
+    def _delete_scanned(self, selected: Callable[[dict[str, Any]], bool]) -> None:
+        for records in self._scroll(_LOCAL_PAGE, ["session_id", "document_id"]):
+            ids = [r.id for r in records if selected(r.payload or {})]
+            if ids:
+                with self._errors("delete"):
+                    self._client.delete(
+                        self.collection,
+                        points_selector=models.PointIdsList(points=ids),
+                        wait=True,
+                    )
+
     def _delete(self, points_filter: models.Filter) -> None:
         with self._errors("delete"):
             self._client.delete(
@@ -154,6 +204,12 @@ class QdrantVectorStore:
             raise StoreError(f"Qdrant {action} on {self.collection!r} failed: {exc}") from exc
         except (ResponseHandlingException, httpx.HTTPError) as exc:
             raise StoreError(f"Qdrant {action} on {self.collection!r} failed: {exc}") from exc
+
+
+def is_local(client: QdrantClient) -> bool:
+    """Whether the client runs qdrant-client's in-process engine (`:memory:` or a folder)."""
+    options = client.init_options
+    return options.get("location") == ":memory:" or options.get("path") is not None
 
 
 def connect_qdrant(
@@ -192,6 +248,12 @@ def _point_info(record: models.Record, with_payload_size: bool) -> PointInfo:
         created_at=payload.get("created_at"),
         payload_bytes=size,
     )
+
+
+def _text(payload: dict[str, Any], field: str) -> str | None:
+    # A string field compared as a MatchValue on a string compares it: other values never match.
+    value = payload.get(field)
+    return value if isinstance(value, str) else None
 
 
 def _documents_filter(document_ids: Sequence[str]) -> models.Filter:

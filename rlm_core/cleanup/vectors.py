@@ -11,7 +11,6 @@ from rlm_core.cleanup.context import Sweep, chunked
 from rlm_core.policy import is_upload_session, parse_point
 
 Pair = tuple[str, str]
-DELETE_BATCH = 128
 _Query = Callable[[list[str]], set[str]]
 
 
@@ -41,8 +40,8 @@ def sweep_vectors(sweep: Sweep) -> None:
     vector_bytes = sweep.settings.qdrant_vector_size * 4
     sweep.audit.record([_entry(d, vector_bytes) for d in doomed])
     if not sweep.dry_run:
-        for batch in chunked((d.pair for d in doomed), DELETE_BATCH):
-            sweep.stores.vectors().delete_for_pairs(batch)
+        # One call: the adapter batches its filters (server) or makes one pass (local mode).
+        sweep.stores.vectors().delete_for_pairs([d.pair for d in doomed])
     sweep.report.add_deleted("qdrant", sum(d.count for d in doomed))
 
 

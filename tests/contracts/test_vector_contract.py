@@ -1,7 +1,9 @@
 """VectorStore contract: QdrantVectorStore over qdrant-client's local on-disk engine.
 
-No Qdrant server is available on this machine, so local mode is the only adapter run here; the
-same suite is meant to run against a server by adding a factory that reads QDRANT_URL.
+No Qdrant server is available on this machine, so local mode is the only engine run here; the
+same suite is meant to run against a server by adding a factory that reads QDRANT_URL. Both
+delete strategies run on it: `scan` (what local mode uses: one scroll, delete by id) and
+`filter` (what a server gets: delete-by-filter, which the local engine evaluates the same way).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from qdrant_client import QdrantClient, models
 
+from rlm_core.adapters import qdrant_vectors
 from rlm_core.adapters.qdrant_vectors import QdrantVectorStore, connect_qdrant
 from rlm_core.ports import PointInfo, StoreError, VectorPoint
 
@@ -23,11 +26,15 @@ COLLECTION = "rag_documents"
 SIZE = 384
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local-scan", "local-filter"])
 def vectors(request: pytest.FixtureRequest) -> Iterator[QdrantVectorStore]:
-    """Each adapter over a collection that does not exist yet."""
+    """Each adapter and delete strategy over a collection that does not exist yet."""
     client: QdrantClient = request.getfixturevalue("qdrant_client")
-    yield QdrantVectorStore(client, COLLECTION, SIZE)
+    store = QdrantVectorStore(client, COLLECTION, SIZE)
+    assert store.scan_deletes, "local mode is detected from the client"
+    if request.param == "local-filter":
+        store = QdrantVectorStore(client, COLLECTION, SIZE, scan_deletes=False)
+    yield store
 
 
 def point(document_id: Any, chunk_id: int, session_id: Any = "s1", **payload: Any) -> VectorPoint:
@@ -132,6 +139,34 @@ def test_pair_deletes_span_several_batches(vectors: QdrantVectorStore) -> None:
     vectors.upsert([point(f"d{i}", 1, f"other{i}") for i in range(150)])
     vectors.delete_for_pairs([(f"s{i}", f"d{i}") for i in range(150)])
     assert pairs_present(vectors) == {(f"other{i}", f"d{i}") for i in range(150)}
+
+
+def test_deletes_page_through_the_collection(
+    vectors: QdrantVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small pages: scan deletes remove points from pages already read while the scroll goes on.
+    monkeypatch.setattr(qdrant_vectors, "_LOCAL_PAGE", 7)
+    vectors.ensure_collection()
+    vectors.upsert([point(f"d{i % 40}", i, f"s{i % 3}") for i in range(120)])
+    doomed = {(f"s{i % 3}", f"d{i % 40}") for i in range(0, 120, 2)}
+    vectors.delete_for_pairs(sorted(doomed))
+    left = pairs_present(vectors)
+    assert not left & doomed
+    assert left == {(f"s{i % 3}", f"d{i % 40}") for i in range(120)} - doomed
+    vectors.delete_for_documents([f"d{i}" for i in range(0, 40, 4)])
+    assert {d for _, d in pairs_present(vectors)} == {d for _, d in left} - {
+        f"d{i}" for i in range(0, 40, 4)
+    }
+
+
+def test_deletes_match_strings_exactly(vectors: QdrantVectorStore) -> None:
+    vectors.ensure_collection()
+    target = point("123", 0, "s1")
+    kept = [point(123, 1, "s1"), point("123", 2, None), point("1234", 3, "s1"), point("123", 4, 1)]
+    vectors.upsert([target, *kept])
+    vectors.delete_for_pairs([("s1", "123")])
+    vectors.delete_for_documents(["12"])
+    assert {p.point_id for p in all_points(vectors)} == {p.point_id for p in kept}
 
 
 def test_upsert_overwrites_by_point_id(vectors: QdrantVectorStore) -> None:

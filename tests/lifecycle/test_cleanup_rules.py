@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+
+import pytest
 
 from rlm_core import LifecycleManager, ResourceType
 from rlm_core.audit import read_audit
+from rlm_core.cleanup import objects as objects_sweep
 from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed
 from tests.lifecycle.conftest import raw_redis
@@ -178,6 +182,39 @@ def test_orphan_objects_go_only_when_old(
     keys = {o.key for o in manager.stores.objects().iter_objects()}
     assert orphan not in keys
     assert manager.stores.metadata().get_documents([kept_doc])[kept_doc].minio_key in keys
+
+
+def test_orphan_sweep_reads_references_per_window_and_deletes_per_batch(
+    manager: LifecycleManager, world: World, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Windows of 4 old objects, delete requests of at most 2: the request counts follow.
+    monkeypatch.setattr(objects_sweep, "REFERENCE_WINDOW", 4)
+    monkeypatch.setattr(objects_sweep, "S3_DELETE_BATCH", 2)
+    docs = [world.document(age=HOUR) for _ in range(3)]
+    orphans = {world.orphan_object() for _ in range(7)}
+    clock.advance(days=8)
+    world.session(idle=timedelta(0), documents=tuple(docs))
+    calls: dict[str, list[int]] = {"references": [], "remove": []}
+    metadata, objects = manager.stores.metadata(), manager.stores.objects()
+    real_references, real_remove = metadata.referenced_object_keys, objects.remove
+
+    def references(bucket: str, keys: Sequence[str]) -> set[str]:
+        calls["references"].append(len(keys))
+        return real_references(bucket, keys)
+
+    def remove(keys: Sequence[str]) -> list[str]:
+        calls["remove"].append(len(keys))
+        return real_remove(keys)
+
+    monkeypatch.setattr(metadata, "referenced_object_keys", references)
+    monkeypatch.setattr(objects, "remove", remove)
+    report = manager.cleanup(ResourceType.MINIO_FILES)
+    assert report.deleted_counts["minio"] == 7
+    assert calls["references"] == [4, 4, 2]
+    assert sum(calls["remove"]) == 7 and max(calls["remove"]) <= 2
+    assert 4 <= len(calls["remove"]) <= 6  # per window: ceil(orphans in it / 2)
+    keys = {o.key for o in objects.iter_objects()}
+    assert not keys & orphans and len(keys) == 3
 
 
 def test_max_deletions_caps_a_run_and_the_next_run_finishes(
