@@ -224,10 +224,15 @@ def scroll_by_id(params: dict[str, Any]) -> dict[str, Any]:
 
 def run(
     sizes: list[int], runs: int, vector_size: int, filter_sizes: tuple[int, ...] = ()
-) -> tuple[list[Row], dict[int, float]]:
-    """Each size `runs` times; the filter path once at the sizes in filter_sizes."""
+) -> tuple[list[Row], dict[int, float], dict[int, float]]:
+    """Each size `runs` times; the filter path once at the sizes in filter_sizes.
+
+    Returns the rows, and the median RSS growth above the loaded collection per size for rlm
+    and for the scroll baseline.
+    """
     rows: list[Row] = []
     rss_by_size: dict[int, float] = {}
+    base_by_size: dict[int, float] = {}
     for n in sizes:
         results: dict[str, list[dict[str, Any]]] = {"rlm": [], "scroll": [], "filter": []}
         for r in range(runs):
@@ -244,7 +249,8 @@ def run(
                 log(f"qdrant n={n} run {r + 1} {name}: {res['seconds']:.2f}s {res['requests']}")
         rows += _rows(n, results)
         rss_by_size[n] = median([r["peak_rss_mb"] - r["base_rss_mb"] for r in results["rlm"]])
-    return rows, rss_by_size
+        base_by_size[n] = median([r["peak_rss_mb"] - r["base_rss_mb"] for r in results["scroll"]])
+    return rows, rss_by_size, base_by_size
 
 
 def _rows(n: int, results: dict[str, list[dict[str, Any]]]) -> list[Row]:

@@ -196,7 +196,12 @@ def per_object(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def per_thousand(result: dict[str, Any], field: str) -> float:
-    return sum(result[field].values()) * 1000.0 / result["processed"]
+    counts = result[field]
+    if field == "metadata_calls":
+        # Reference reads only: cleanup(MINIO_FILES) first runs document expiry, whose paged
+        # read of every document belongs to that rule, not to the object sweep measured here.
+        counts = {k: v for k, v in counts.items() if k == "referenced_object_keys"}
+    return sum(counts.values()) * 1000.0 / result["processed"]
 
 
 def run(sizes: list[int], runs: int, cap: float) -> tuple[list[Row], dict[int, float]]:
@@ -241,10 +246,19 @@ def _rows(n: int, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
     bench = f"s3_sweep_{n // 1000}k"
     req = {k: median([per_thousand(r, "requests") for r in v]) for k, v in results.items()}
     meta = {k: median([per_thousand(r, "metadata_calls") for r in v]) for k, v in results.items()}
+    total = {
+        k: median([per_thousand(r, "requests") + per_thousand(r, "metadata_calls") for r in v])
+        for k, v in results.items()
+    }
     t = {k: median([r["seconds"] for r in v]) for k, v in results.items()}
     per = results["per"][0]
     rlm = results["rlm"][0]
     detail = ", ".join(f"{k}={v}" for k, v in sorted(rlm["requests"].items()))
+    meta_detail = ", ".join(
+        f"{k}={v}"
+        for k, v in sorted(rlm["metadata_calls"].items())
+        if k == "referenced_object_keys"
+    )
     per_note = (
         f"capped after {per['processed']}/{n} objects ({per['measured_seconds']:.0f}s); "
         "requests/1000 from the processed part, seconds extrapolated"
@@ -253,14 +267,17 @@ def _rows(n: int, results: dict[str, list[dict[str, Any]]]) -> list[Row]:
     )
     rss = {k: median([r["peak_rss_mb"] for r in v]) for k, v in results.items()}
     return [
-        Row(bench, "S3 requests per 1000 objects vs raw list+batch delete", req["rlm"],
-            req["raw"], ratio(req["raw"], req["rlm"]), "<= 3 /1000", req["rlm"] <= 3,
-            f"rlm requests: {detail}; 20% orphans deleted: {rlm['deleted']}"),
-        Row(bench, "S3 requests per 1000 objects vs per-object stat+delete", req["rlm"],
-            req["per"], ratio(req["per"], req["rlm"]), "<= 3 /1000", req["rlm"] <= 3, per_note),
-        Row(bench, "metadata queries per 1000 objects vs per-object", meta["rlm"], meta["per"],
-            ratio(meta["per"], meta["rlm"]), note=f"rlm calls: {rlm['metadata_calls']}"),
-        Row(bench, "seconds vs raw list+batch delete", t["rlm"], t["raw"], ratio(t["raw"], t["rlm"])),
+        Row(bench, "requests per 1000 objects (S3 list + S3 deletes + reference reads) vs raw list+batch delete",
+            total["rlm"], total["raw"], ratio(total["raw"], total["rlm"]), "<= 3 /1000",
+            total["rlm"] <= 3, f"rlm S3: {detail}; metadata: {meta_detail}; 20% orphans deleted: {rlm['deleted']}"),
+        Row(bench, "requests per 1000 objects (same count) vs per-object stat+delete", total["rlm"],
+            total["per"], ratio(total["per"], total["rlm"]), "<= 3 /1000", total["rlm"] <= 3, per_note),
+        Row(bench, "S3 requests per 1000 objects vs raw list+batch delete", req["rlm"], req["raw"],
+            ratio(req["raw"], req["rlm"])),
+        Row(bench, "reference reads per 1000 objects vs raw (one per page)", meta["rlm"], meta["raw"],
+            ratio(meta["raw"], meta["rlm"]), note="referenced_object_keys queries"),
+        Row(bench, "seconds vs raw list+batch delete", t["rlm"], t["raw"], ratio(t["raw"], t["rlm"]),
+            note="both dominated by moto rendering each 1000-key listing page"),
         Row(bench, "seconds vs per-object stat+delete", t["rlm"], t["per"], ratio(t["per"], t["rlm"]),
             note=per_note),
         Row(bench, "peak RSS MB vs raw list+batch delete", rss["rlm"], rss["raw"],
