@@ -285,8 +285,11 @@ class MetadataStore(Protocol):
         """Those of session_ids whose updated_at >= active_since."""
         ...
 
-    def referenced_object_keys(self, bucket: str, keys: Sequence[str]) -> set[str]:
-        """Those of keys that some document names as its minio_key in this bucket."""
+    def referenced_object_keys(
+        self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
+    ) -> set[str]:
+        """Those of keys that some document, other than the ids in `excluding`, names as its
+        minio_key in this bucket."""
         ...
 
     def delete_documents(self, doc_ids: Sequence[str]) -> int:

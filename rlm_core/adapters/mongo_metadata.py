@@ -284,24 +284,30 @@ class MongoMetadataStore:
         return found
 
     def active_sessions(self, session_ids: Sequence[str], active_since: datetime) -> set[str]:
-        """Those of session_ids whose updated_at >= active_since."""
+        """Those of session_ids whose updated_at >= active_since, or is not a date at all (a
+        session whose activity cannot be read is taken as active: it protects, never dooms)."""
         since = naive_utc(active_since)
         found: set[str] = set()
         with _guard("active_sessions"):
             for batch in chunks(set(session_ids), IN_BATCH):
-                query = {"_id": {"$in": batch}, "updated_at": {"$gte": since}}
+                query = {"_id": {"$in": batch}, **_active_session(since)}
                 found.update(str(raw["_id"]) for raw in self._sessions.find(query, {"_id": 1}))
         return found
 
-    def referenced_object_keys(self, bucket: str, keys: Sequence[str]) -> set[str]:
-        """Those of keys some document names in this bucket (no bucket = the default bucket)."""
+    def referenced_object_keys(
+        self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
+    ) -> set[str]:
+        """Those of keys some document names in this bucket (no bucket = the default bucket),
+        leaving out the documents whose ids are in `excluding`."""
         buckets: list[str | None] = [bucket]
         if bucket == self._default_bucket:
             buckets.append(None)  # matches a missing or null minio_bucket
         found: set[str] = set()
         with _guard("referenced_object_keys"):
             for batch in chunks(set(keys), KEY_BATCH):
-                query = {"minio_key": {"$in": batch}, "minio_bucket": {"$in": buckets}}
+                query: Raw = {"minio_key": {"$in": batch}, "minio_bucket": {"$in": buckets}}
+                if excluding:
+                    query["_id"] = {"$nin": id_candidates(excluding)}
                 for raw in self._documents.find(query, {"minio_key": 1}):
                     found.add(raw["minio_key"])
         return found
@@ -345,8 +351,15 @@ class MongoMetadataStore:
     def _session_lists_referencing(self, batch: list[str], since: datetime) -> set[str]:
         wanted = set(batch)
         query = {
-            "updated_at": {"$gte": since},
-            "$or": [{"documents.doc_id": {"$in": batch}}, {"attached_file_ids": {"$in": batch}}],
+            "$and": [
+                _active_session(since),
+                {
+                    "$or": [
+                        {"documents.doc_id": {"$in": batch}},
+                        {"attached_file_ids": {"$in": batch}},
+                    ]
+                },
+            ]
         }
         found: set[str] = set()
         # Whole entries: mongomock's projection of documents.doc_id crashes on non-object items.
@@ -384,6 +397,11 @@ class MongoMetadataStore:
         sample = self._documents.aggregate([{"$sample": {"size": SIZE_SAMPLE}}])
         sizes = [len(bson.encode(raw)) for raw in sample]
         return int(sum(sizes) / max(len(sizes), 1) * total), True
+
+
+def _active_session(since: datetime) -> Raw:
+    # updated_at missing, null or of another type (a string, say) counts as active.
+    return {"$or": [{"updated_at": {"$gte": since}}, {"updated_at": {"$not": {"$type": "date"}}}]}
 
 
 def _session_refs(raw: Mapping[str, Any]) -> set[str]:

@@ -77,7 +77,7 @@ CREATE INDEX IF NOT EXISTS messages_chat_id ON messages (chat_id);
 # The four reference paths of SPEC section 3, for one batch of ids (a JSON array in :ids).
 _ACTIVE_REFERENCES = """
 SELECT ref.value FROM chat_sessions s, json_each(s.body, '$.attached_file_ids') ref
-WHERE s.updated_at >= :since AND ref.type = 'text'
+WHERE (s.updated_at >= :since OR s.updated_at IS NULL) AND ref.type = 'text'
   AND ref.value IN (SELECT value FROM json_each(:ids))
 UNION
 SELECT doc_id FROM (
@@ -86,23 +86,24 @@ SELECT doc_id FROM (
                     THEN json_extract(e.value, '$.doc_id') END
                 WHEN e.key = 'doc_id' AND e.type = 'text' THEN e.value END AS doc_id
     FROM chat_sessions s, json_each(s.body, '$.documents') e
-    WHERE s.updated_at >= :since)
+    WHERE (s.updated_at >= :since OR s.updated_at IS NULL))
 WHERE doc_id IN (SELECT value FROM json_each(:ids))
 UNION
 SELECT f.value FROM chat_sessions s
 JOIN messages m ON m.chat_id = s.id
 JOIN json_each(m.body, '$.file_ids') f
-WHERE s.updated_at >= :since AND f.type = 'text'
+WHERE (s.updated_at >= :since OR s.updated_at IS NULL) AND f.type = 'text'
   AND f.value IN (SELECT value FROM json_each(:ids))
 UNION
 SELECT d.id FROM documents d JOIN chat_sessions s ON s.id = d.conversation_id
-WHERE d.id IN (SELECT value FROM json_each(:ids)) AND s.updated_at >= :since
+WHERE d.id IN (SELECT value FROM json_each(:ids)) AND (s.updated_at >= :since OR s.updated_at IS NULL)
 """
 
 _REFERENCED_KEYS = """
 SELECT DISTINCT minio_key FROM documents
 WHERE minio_key IN (SELECT value FROM json_each(:keys))
   AND (minio_bucket = :bucket OR (minio_bucket IS NULL AND :bucket = :default_bucket))
+  AND id NOT IN (SELECT value FROM json_each(:excluding))
 """
 
 
@@ -191,10 +192,11 @@ class SqliteMetadataStore:
         return found
 
     def active_sessions(self, session_ids: Sequence[str], active_since: datetime) -> set[str]:
-        """Those of session_ids whose updated_at >= active_since."""
+        """Those of session_ids whose updated_at >= active_since, or is not a date at all (a
+        session whose activity cannot be read is taken as active: it protects, never dooms)."""
         sql = (
-            "SELECT id FROM chat_sessions "
-            "WHERE id IN (SELECT value FROM json_each(?)) AND updated_at >= ?"
+            "SELECT id FROM chat_sessions WHERE id IN (SELECT value FROM json_each(?)) "
+            "AND (updated_at >= ? OR updated_at IS NULL)"
         )
         since = _iso(active_since)
         found: set[str] = set()
@@ -202,14 +204,18 @@ class SqliteMetadataStore:
             found.update(row[0] for row in self._query(sql, (json.dumps(batch), since)))
         return found
 
-    def referenced_object_keys(self, bucket: str, keys: Sequence[str]) -> set[str]:
-        """Those of keys some document names in this bucket (no bucket = the default bucket)."""
+    def referenced_object_keys(
+        self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
+    ) -> set[str]:
+        """Those of keys some document names in this bucket (no bucket = the default bucket),
+        leaving out the documents whose ids are in `excluding`."""
         found: set[str] = set()
         for batch in chunks(set(keys), KEY_BATCH):
             params = {
                 "keys": json.dumps(batch),
                 "bucket": bucket,
                 "default_bucket": self._default_bucket,
+                "excluding": json.dumps(list(excluding)),
             }
             found.update(row[0] for row in self._query(_REFERENCED_KEYS, params))
         return found

@@ -54,11 +54,23 @@ def _expire_batch(sweep: Sweep, candidates: list[DocumentRecord]) -> None:
     ids = [d.id for d in expired]
     points = sweep.stores.vectors().count_for_documents(ids)
     cache_keys = sweep.stores.cache().existing(_cache_keys(sweep, ids))
-    sweep.audit.record([_entry(sweep, d) for d in expired])
+    shared = _shared_objects(sweep, expired)
+    sweep.audit.record([_entry(sweep, d, shared) for d in expired])
     if sweep.dry_run:
-        _count(sweep, expired, points, len(cache_keys))
+        _count(sweep, expired, points, len(cache_keys), shared)
     else:
-        _delete_cascade(sweep, expired, points, cache_keys)
+        _delete_cascade(sweep, expired, points, cache_keys, shared)
+
+
+def _shared_objects(sweep: Sweep, expired: list[DocumentRecord]) -> set[str]:
+    # An object that a document outside this batch also names is that document's file too: the
+    # expiring records go, the object stays (the orphan sweep takes it once nobody names it).
+    keys = sorted({d.minio_key for d in expired if d.minio_key})
+    if not keys:
+        return set()
+    bucket = sweep.stores.objects().bucket
+    excluding = [d.id for d in expired]
+    return sweep.stores.metadata().referenced_object_keys(bucket, keys, excluding)
 
 
 def _still_expired(sweep: Sweep, doc: DocumentRecord) -> bool:
@@ -67,27 +79,36 @@ def _still_expired(sweep: Sweep, doc: DocumentRecord) -> bool:
 
 
 def _delete_cascade(
-    sweep: Sweep, expired: list[DocumentRecord], points: int, cache_keys: list[bytes]
+    sweep: Sweep,
+    expired: list[DocumentRecord],
+    points: int,
+    cache_keys: list[bytes],
+    shared: set[str],
 ) -> None:
     ids = [d.id for d in expired]
     sweep.stores.vectors().delete_for_documents(ids)
     unlinked = sweep.stores.cache().unlink(cache_keys) if cache_keys else 0
-    object_keys = [d.minio_key for d in expired if d.minio_key]
+    object_keys = sorted({d.minio_key for d in expired if d.minio_key} - shared)
     failed = set(sweep.stores.objects().remove(object_keys)) if object_keys else set()
     if failed:
         sweep.report.errors.append(f"minio: {len(failed)} object(s) could not be deleted")
     # A record whose object failed to go stays, so the next run finishes its cascade.
     done = [d for d in expired if d.minio_key not in failed]
     sweep.stores.metadata().delete_documents([d.id for d in done])
-    _count(sweep, done, points, unlinked)
+    _count(sweep, done, points, unlinked, shared)
 
 
-def _count(sweep: Sweep, docs: list[DocumentRecord], points: int, cache_keys: int) -> None:
+def _count(
+    sweep: Sweep, docs: list[DocumentRecord], points: int, cache_keys: int, shared: set[str]
+) -> None:
     report = sweep.report
     report.add_deleted("qdrant", points)
     report.add_deleted("redis", cache_keys)
-    with_object = [d for d in docs if d.minio_key]
-    report.add_deleted("minio", len(with_object), sum(d.size_bytes or 0 for d in with_object))
+    objects = {d.minio_key: d.size_bytes or 0 for d in docs if d.minio_key}
+    gone = {key: size for key, size in objects.items() if key not in shared}
+    report.add_deleted("minio", len(gone), sum(gone.values()))
+    if len(gone) < len(objects):
+        report.add_skipped("minio", len(objects) - len(gone))
     report.add_deleted("mongodb", len(docs))
 
 
@@ -96,7 +117,7 @@ def _cache_keys(sweep: Sweep, doc_ids: list[str]) -> list[bytes]:
     return [t.format(doc_id=doc_id).encode() for doc_id in doc_ids for t in templates]
 
 
-def _entry(sweep: Sweep, doc: DocumentRecord) -> AuditEntry:
+def _entry(sweep: Sweep, doc: DocumentRecord, shared: set[str]) -> AuditEntry:
     touched = last_touched(doc)
     return AuditEntry(
         store="mongodb",
@@ -111,6 +132,10 @@ def _entry(sweep: Sweep, doc: DocumentRecord) -> AuditEntry:
             "user_id": doc.user_id,
             "minio_bucket": doc.minio_bucket or sweep.settings.minio_bucket,
             "minio_key": doc.minio_key,
-            "cascade": ["qdrant", "redis", "minio", "mongodb"],
+            "cascade": (
+                ["qdrant", "redis", "mongodb"]
+                if doc.minio_key in shared
+                else ["qdrant", "redis", "minio", "mongodb"]
+            ),
         },
     )

@@ -271,7 +271,8 @@ def test_messy_sessions_and_messages_never_crash(store: MetadataStore) -> None:
         "messages",
         [{"chat_id": 5, "file_ids": [d]}, {"chat_id": "m1"}, {"chat_id": "m1", "file_ids": 3}],
     )
-    assert store.active_references([a, b, c, d, e], SINCE) == {a, e}
+    # m3 and m4 have no readable updated_at: taken as active, so they protect b and c.
+    assert store.active_references([a, b, c, d, e], SINCE) == {a, b, c, e}
 
 
 def test_active_sessions(store: MetadataStore) -> None:
@@ -286,7 +287,8 @@ def test_active_sessions(store: MetadataStore) -> None:
         ],
     )
     asked = ["s-active", "s-edge", "s-stale", "s-str", "s-missing", "nope"]
-    assert store.active_sessions(asked, SINCE) == {"s-active", "s-edge"}
+    # A session whose updated_at is missing or not a date is taken as active: it protects.
+    assert store.active_sessions(asked, SINCE) == {"s-active", "s-edge", "s-str", "s-missing"}
     assert store.active_sessions([], SINCE) == set()
 
 
@@ -307,6 +309,25 @@ def test_referenced_object_keys(store: MetadataStore) -> None:
     assert store.referenced_object_keys("documents", keys) == {"k1", "k2", "k4"}
     assert store.referenced_object_keys("other", keys) == {"k3"}
     assert store.referenced_object_keys("documents", []) == set()
+
+
+def test_referenced_object_keys_leaves_out_excluded_documents(store: MetadataStore) -> None:
+    first, second, legacy = ObjectId(), ObjectId(), "legacy-string-id"
+    store.insert_raw(
+        "documents",
+        [
+            _raw_doc(first, minio_key="k1"),
+            _raw_doc(second, minio_key="k1"),
+            _raw_doc(legacy, minio_key="k2"),
+        ],
+    )
+    keys = ["k1", "k2"]
+    assert store.referenced_object_keys("documents", keys, [str(first)]) == {"k1", "k2"}
+    assert store.referenced_object_keys("documents", keys, [str(first), str(second)]) == {"k2"}
+    assert store.referenced_object_keys("documents", keys, [str(second), legacy]) == {"k1"}
+    assert (
+        store.referenced_object_keys("documents", keys, [str(first), str(second), legacy]) == set()
+    )
 
 
 # ---------------------------------------------------------------- delete, stats, raw

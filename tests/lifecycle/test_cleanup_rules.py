@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -166,6 +167,53 @@ def _bad_payloads(manager: LifecycleManager) -> None:
             ),
         ]
     )
+
+
+def test_expiry_keeps_an_object_another_document_names(
+    manager: LifecycleManager, world: World, clock: FakeClock
+) -> None:
+    live = world.document(age=HOUR)
+    key = manager.stores.metadata().get_documents([live])[live].minio_key
+    assert key
+    old = world.document(age=30 * DAY, extra={"minio_key": key})
+    report = manager.cleanup(ResourceType.MONGODB_METADATA)
+    assert set(manager.stores.metadata().get_documents([live, old])) == {live}
+    assert key in {o.key for o in manager.stores.objects().iter_objects()}
+    assert report.deleted_counts["mongodb"] == 1
+    assert report.deleted_counts.get("minio", 0) == 0 and report.skipped["minio"] == 1
+    audit = read_audit(Path(report.audit_path))
+    (entry,) = [e for e in audit if e["target"] == old]
+    assert entry["cascade"] == ["qdrant", "redis", "mongodb"]
+    # Once no other document names it, the object goes with the last record that did.
+    clock.advance(days=30)
+    later = manager.cleanup(ResourceType.MONGODB_METADATA)
+    assert later.deleted_counts["minio"] == 1
+    assert key not in {o.key for o in manager.stores.objects().iter_objects()}
+
+
+def test_a_session_whose_activity_cannot_be_read_protects(
+    manager: LifecycleManager, world: World
+) -> None:
+    doc = world.document(age=30 * DAY)
+    for session_id, updated_at in (("s-text-date", "2025-01-20T15:00:00"), ("s-none", None)):
+        manager.stores.metadata().insert_raw(
+            "chat_sessions",
+            [
+                {
+                    "_id": session_id,
+                    "user_id": "user-1",
+                    "updated_at": updated_at,
+                    "documents": [{"doc_id": doc}],
+                    "attached_file_ids": [],
+                }
+            ],
+        )
+        world.points(doc, session_id, age=30 * DAY)
+    before = snapshot(manager.stores, raw_redis(manager))
+    report = manager.cleanup()
+    assert report.total_deleted == 0
+    after = snapshot(manager.stores, raw_redis(manager))
+    assert after.documents == before.documents and after.points == before.points
 
 
 def test_orphan_objects_go_only_when_old(
