@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 PROFILES = {
     "quick": {
         "redis": [10_000, 100_000],
-        "s3": [1_000, 10_000],
+        "s3": [2_000, 20_000],
         "qdrant": [1_000, 10_000],
         "qdrant_filter": (1_000,),
         "snapshot": (50_000, 5_000, 5_000),

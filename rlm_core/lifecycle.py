@@ -132,6 +132,8 @@ class LifecycleManager:
         try:
             if {sweep_vectors, sweep_orphan_objects} & set(PLANS[resource_type]):
                 sweep.metadata_populated = self._metadata_populated(sweep)
+            if {sweep_vectors, expire_documents} & set(PLANS[resource_type]):
+                self._count_unreadable_sessions(sweep)
             for step in PLANS[resource_type]:
                 self._run_step(step, sweep)
         finally:
@@ -162,6 +164,17 @@ class LifecycleManager:
         except StoreError as exc:
             sweep.report.errors.append(f"mongodb: {exc}")
             return False
+
+    def _count_unreadable_sessions(self, sweep: Sweep) -> None:
+        # Sessions whose activity cannot be read count as active (they protect, never doom):
+        # reported as skipped under mongodb, so they do not go unseen.
+        try:
+            unreadable = self.stores.metadata().unreadable_sessions()
+        except StoreError as exc:
+            sweep.report.errors.append(f"mongodb: {exc}")
+            return
+        if unreadable:
+            sweep.report.add_skipped("mongodb", unreadable)
 
     def _run_step(self, step: _Step, sweep: Sweep) -> None:
         if sweep.budget.exhausted:

@@ -285,6 +285,11 @@ class MetadataStore(Protocol):
         """Those of session_ids whose updated_at >= active_since."""
         ...
 
+    def unreadable_sessions(self) -> int:
+        """How many chat sessions have an updated_at that is missing or not a date (taken as
+        active, so they protect what they reference)."""
+        ...
+
     def referenced_object_keys(
         self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
     ) -> set[str]:

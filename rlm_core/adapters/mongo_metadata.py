@@ -294,6 +294,11 @@ class MongoMetadataStore:
                 found.update(str(raw["_id"]) for raw in self._sessions.find(query, {"_id": 1}))
         return found
 
+    def unreadable_sessions(self) -> int:
+        """How many chat sessions have an updated_at that is missing or not a date."""
+        with _guard("unreadable_sessions"):
+            return self._sessions.count_documents({"updated_at": {"$not": {"$type": "date"}}})
+
     def referenced_object_keys(
         self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
     ) -> set[str]:

@@ -92,6 +92,15 @@ class QdrantVectorStore:
         total = 0
         if not self._exists():
             return 0
+        if self.scan_deletes:
+            # Count what the scan delete will select, so dry runs and reports agree with it.
+            wanted = set(document_ids)
+            return sum(
+                1
+                for records in self._scroll(_LOCAL_PAGE, ["document_id"])
+                for r in records
+                if _text(r.payload or {}, "document_id") in wanted
+            )
         with self._errors("count"):
             for chunk in _chunks(document_ids, _DOCUMENT_BATCH):
                 total += self._client.count(

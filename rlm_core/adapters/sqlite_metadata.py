@@ -204,6 +204,11 @@ class SqliteMetadataStore:
             found.update(row[0] for row in self._query(sql, (json.dumps(batch), since)))
         return found
 
+    def unreadable_sessions(self) -> int:
+        """How many chat sessions have an updated_at that is missing or not a date."""
+        rows = self._query("SELECT count(*) FROM chat_sessions WHERE updated_at IS NULL", ())
+        return int(rows[0][0])
+
     def referenced_object_keys(
         self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
     ) -> set[str]:
@@ -215,7 +220,8 @@ class SqliteMetadataStore:
                 "keys": json.dumps(batch),
                 "bucket": bucket,
                 "default_bucket": self._default_bucket,
-                "excluding": json.dumps(list(excluding)),
+                # Only string ids: a JSON null in a NOT IN list would exclude every row.
+                "excluding": json.dumps([i for i in excluding if isinstance(i, str)]),
             }
             found.update(row[0] for row in self._query(_REFERENCED_KEYS, params))
         return found

@@ -289,6 +289,7 @@ def test_active_sessions(store: MetadataStore) -> None:
     asked = ["s-active", "s-edge", "s-stale", "s-str", "s-missing", "nope"]
     # A session whose updated_at is missing or not a date is taken as active: it protects.
     assert store.active_sessions(asked, SINCE) == {"s-active", "s-edge", "s-str", "s-missing"}
+    assert store.unreadable_sessions() == 2
     assert store.active_sessions([], SINCE) == set()
 
 

@@ -164,6 +164,7 @@ def test_deletes_match_strings_exactly(vectors: QdrantVectorStore) -> None:
     target = point("123", 0, "s1")
     kept = [point(123, 1, "s1"), point("123", 2, None), point("1234", 3, "s1"), point("123", 4, 1)]
     vectors.upsert([target, *kept])
+    assert vectors.count_for_documents(["123"]) == 3
     vectors.delete_for_pairs([("s1", "123")])
     vectors.delete_for_documents(["12"])
     assert {p.point_id for p in all_points(vectors)} == {p.point_id for p in kept}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,27 +192,30 @@ def test_expiry_keeps_an_object_another_document_names(
     assert key not in {o.key for o in manager.stores.objects().iter_objects()}
 
 
+@pytest.mark.parametrize(
+    "updated_at", ["2025-01-20T15:00:00", None, 1737385200], ids=["text", "null", "number"]
+)
 def test_a_session_whose_activity_cannot_be_read_protects(
-    manager: LifecycleManager, world: World
+    manager: LifecycleManager, world: World, updated_at: Any
 ) -> None:
     doc = world.document(age=30 * DAY)
-    for session_id, updated_at in (("s-text-date", "2025-01-20T15:00:00"), ("s-none", None)):
-        manager.stores.metadata().insert_raw(
-            "chat_sessions",
-            [
-                {
-                    "_id": session_id,
-                    "user_id": "user-1",
-                    "updated_at": updated_at,
-                    "documents": [{"doc_id": doc}],
-                    "attached_file_ids": [],
-                }
-            ],
-        )
-        world.points(doc, session_id, age=30 * DAY)
+    manager.stores.metadata().insert_raw(
+        "chat_sessions",
+        [
+            {
+                "_id": "s-unreadable",
+                "user_id": "user-1",
+                "updated_at": updated_at,
+                "documents": [{"doc_id": doc}],
+                "attached_file_ids": [],
+            }
+        ],
+    )
+    world.points(doc, "s-unreadable", age=30 * DAY)
     before = snapshot(manager.stores, raw_redis(manager))
     report = manager.cleanup()
     assert report.total_deleted == 0
+    assert report.skipped["mongodb"] == 1  # the session, counted
     after = snapshot(manager.stores, raw_redis(manager))
     assert after.documents == before.documents and after.points == before.points
 
@@ -246,9 +250,9 @@ def test_orphan_sweep_reads_references_per_window_and_deletes_per_batch(
     metadata, objects = manager.stores.metadata(), manager.stores.objects()
     real_references, real_remove = metadata.referenced_object_keys, objects.remove
 
-    def references(bucket: str, keys: Sequence[str]) -> set[str]:
+    def references(bucket: str, keys: Sequence[str], *args: Any) -> set[str]:
         calls["references"].append(len(keys))
-        return real_references(bucket, keys)
+        return real_references(bucket, keys, *args)
 
     def remove(keys: Sequence[str]) -> list[str]:
         calls["remove"].append(len(keys))
