@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -21,8 +22,8 @@ def make_file(size_mb: int) -> Path:
     return path
 
 
-def rlm_ingest(params: dict[str, Any]) -> dict[str, Any]:
-    """LifecycleManager.ingest on the embedded disk object store + SQLite metadata."""
+def _open_manager() -> tuple[Any, Path]:
+    """A LifecycleManager on the embedded disk object store + SQLite metadata, stores opened."""
     from rlm_core.clock import SystemClock
     from rlm_core.lifecycle import LifecycleManager
     from rlm_core.settings import Settings
@@ -33,28 +34,26 @@ def rlm_ingest(params: dict[str, Any]) -> dict[str, Any]:
     manager = LifecycleManager(settings, Stores.from_settings(settings), SystemClock())
     manager.stores.objects().ensure_bucket()
     manager.stores.metadata()
+    return manager, data
+
+
+def rlm_ingest(params: dict[str, Any]) -> dict[str, Any]:
+    """LifecycleManager.ingest on the embedded disk object store + SQLite metadata."""
+    manager, data = _open_manager()
     start = time.perf_counter()
     with open(params["path"], "rb") as stream:
         result = manager.ingest("user-1", "upload.bin", stream)
     seconds = time.perf_counter() - start
     manager.close()
-    subprocess.run(["rm", "-rf", str(data)], check=True)
+    shutil.rmtree(data, ignore_errors=True)
     return {"seconds": seconds, "size": result.size_bytes, "duplicate": result.duplicate}
 
 
 def baseline_process(params: dict[str, Any]) -> dict[str, Any]:
     """A python process that imports rlm and opens the same stores, ingesting nothing."""
-    from rlm_core.clock import SystemClock
-    from rlm_core.lifecycle import LifecycleManager
-    from rlm_core.settings import Settings
-    from rlm_core.stores import Stores
-
-    data = Path(tempfile.mkdtemp(prefix="rlm-bench-data-"))
-    settings = Settings(data_dir=data)
-    manager = LifecycleManager(settings, Stores.from_settings(settings), SystemClock())
-    manager.stores.objects().ensure_bucket()
-    manager.stores.metadata()
+    manager, data = _open_manager()
     manager.close()
+    shutil.rmtree(data, ignore_errors=True)
     return {"seconds": 0.0}
 
 

@@ -65,7 +65,12 @@ def _main() -> int:
     parser.add_argument(
         "--only", default="redis,s3,qdrant,snapshot,dedup", help="comma-separated benches"
     )
-    parser.add_argument("--results", metavar="PATH", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--results",
+        metavar="PATH",
+        help="markdown file to write (default: bench/RESULTS.md for the full profile, "
+        "bench/results/quick.md for --quick, so a quick run never replaces the full table)",
+    )
     args = parser.parse_args()
     name = "quick" if args.quick else "full"
     p = PROFILES[name]
@@ -102,7 +107,10 @@ def _main() -> int:
     print(f"\n{len(rows)} rows in {elapsed:.0f}s ({name} profile)")
     if args.json:
         Path(args.json).write_text(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
-    _write_results(Path(args.results), command, name, elapsed, table)
+    default = HERE / ("results/quick.md" if args.quick else "RESULTS.md")
+    results = Path(args.results) if args.results else default
+    results.parent.mkdir(parents=True, exist_ok=True)
+    _write_results(results, command, name, elapsed, table)
     return 0
 
 
