@@ -42,6 +42,9 @@ PLANS: dict[ResourceType | None, tuple[_Step, ...]] = {
     None: (expire_documents, sweep_cache, sweep_vectors, sweep_orphan_objects),
 }
 
+# Steps that judge items by references: they refuse when references cannot be read.
+REFERENCE_STEPS = frozenset({expire_documents, sweep_vectors})
+
 _STEP_STORE: dict[_Step, str] = {
     expire_documents: "documents (cascade)",
     sweep_cache: "redis",
@@ -123,22 +126,32 @@ class LifecycleManager:
         run_id: str | None = None,
     ) -> CleanupReport:
         """Clean one store (or all, when None) by the rules of SPEC section 4."""
-        if max_deletions is not None and (isinstance(max_deletions, bool) or max_deletions < 1):
-            raise ValueError(
-                f"max_deletions: {max_deletions!r} is not valid; allowed: a whole number >= 1 or None"
-            )
+        _check_cleanup_args(resource_type, dry_run, max_deletions)
         cap = max_deletions if max_deletions is not None else self.settings.max_deletions_per_run
         sweep = self._sweep(run_id or uuid.uuid4().hex, dry_run, cap)
+        steps = PLANS[resource_type]
         try:
-            if {sweep_vectors, sweep_orphan_objects} & set(PLANS[resource_type]):
+            if REFERENCE_STEPS & set(steps) and not self._references_readable(sweep):
+                return sweep.report
+            if {sweep_vectors, sweep_orphan_objects} & set(steps):
                 sweep.metadata_populated = self._metadata_populated(sweep)
-            if {sweep_vectors, expire_documents} & set(PLANS[resource_type]):
+            if REFERENCE_STEPS & set(steps):
                 self._count_unreadable_sessions(sweep)
-            for step in PLANS[resource_type]:
+            for step in steps:
                 self._run_step(step, sweep)
         finally:
             sweep.audit.close()
         return sweep.report
+
+    def _references_readable(self, sweep: Sweep) -> bool:
+        # SPEC 4.1 (2): with a reference source missing or unreadable, every document would look
+        # unreferenced. The whole run refuses, Redis included: it deletes nothing.
+        try:
+            self.stores.metadata().check_references()
+        except StoreError as exc:
+            sweep.report.errors.append(f"mongodb: {exc}")
+            return False
+        return True
 
     def _sweep(self, run_id: str, dry_run: bool, cap: int | None) -> Sweep:
         now = self.clock.now()
@@ -153,7 +166,8 @@ class LifecycleManager:
         report = CleanupReport(run_id=run_id, dry_run=dry_run, audit_path=str(audit.path))
         for store in ("redis", "qdrant", "minio", "mongodb"):
             report.deleted_counts.setdefault(store, 0)
-        return Sweep(s, self.stores, retention, audit, Budget(cap), report)
+            report.bytes_freed.setdefault(store, 0)
+        return Sweep(s, self.stores, retention, audit, Budget(cap), report, run_id, dry_run)
 
     def _metadata_populated(self, sweep: Sweep) -> bool:
         # An empty metadata store makes every point and object look orphaned: far likelier a
@@ -215,3 +229,21 @@ class LifecycleManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_cleanup_args(resource_type: object, dry_run: object, max_deletions: object) -> None:
+    """Refuse bad arguments with one message naming the argument, the value and what is allowed."""
+    if resource_type is not None and not isinstance(resource_type, ResourceType):
+        allowed = ", ".join(m.value for m in ResourceType)
+        raise ValueError(
+            f"resource_type: {resource_type!r} is not valid; allowed: a ResourceType ({allowed}) "
+            "or None"
+        )
+    if not isinstance(dry_run, bool):
+        raise ValueError(f"dry_run: {dry_run!r} is not valid; allowed: True or False")
+    if max_deletions is not None and (
+        isinstance(max_deletions, bool) or not isinstance(max_deletions, int) or max_deletions < 1
+    ):
+        raise ValueError(
+            f"max_deletions: {max_deletions!r} is not valid; allowed: a whole number >= 1 or None"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -99,6 +100,40 @@ def parse_point(point: PointInfo) -> ParsedPoint | None:
     except (OverflowError, OSError, ValueError):
         return None
     return ParsedPoint(session, document, when)
+
+
+class PointVerdict(enum.Enum):
+    """What the age and shape rules say of a point before its document and session are read."""
+
+    UNKNOWN = "unknown"
+    YOUNG = "young"
+    OLD = "old"
+
+
+@dataclass(frozen=True)
+class PointEvidence:
+    """An old point's payload as far as it can be trusted: session_id is None when it is
+    missing or malformed (then only the "document gone" rule may delete the point)."""
+
+    point_id: str
+    document_id: str
+    session_id: str | None
+
+
+def point_evidence(
+    point: PointInfo, active_since: datetime
+) -> tuple[PointVerdict, PointEvidence | None]:
+    """SPEC 4.1 (3): a point may be judged only when its created_at is a number older than the
+    session TTL and its document_id is a non-empty string; anything else is UNKNOWN."""
+    created, document = point.created_at, point.document_id
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        return PointVerdict.UNKNOWN, None
+    if not math.isfinite(created) or not (isinstance(document, str) and document):
+        return PointVerdict.UNKNOWN, None
+    if created >= active_since.timestamp():
+        return PointVerdict.YOUNG, None
+    session = point.session_id if isinstance(point.session_id, str) and point.session_id else None
+    return PointVerdict.OLD, PointEvidence(point.point_id, document, session)
 
 
 def is_upload_session(session_id: str, document_id: str) -> bool:

@@ -6,6 +6,7 @@ records, never in client objects, so the service is the same over real servers a
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,15 @@ class DuplicateDocumentError(Exception):
 
 class NotOursError(ValueError):
     """An operation named a key, point or object outside what rlm manages."""
+
+
+class ReferencesUnknownError(StoreError):
+    """A reference source (sessions, messages) is missing or unreadable: nothing may be judged
+    unreferenced, so reference-aware sweeps refuse."""
+
+
+class MissingStoreError(StoreError):
+    """A bucket or collection rlm was configured to use does not exist (a setting, not a blip)."""
 
 
 # ---------------------------------------------------------------- cache (Redis)
@@ -61,16 +71,23 @@ class CacheStore(Protocol):
         """Stream cache keys (SCAN + pipelined TTL/IDLETIME[/MEMORY USAGE]) in batches."""
         ...
 
-    def unlink_idle(self, keys: Sequence[bytes], min_idle_seconds: int) -> list[bytes]:
-        """UNLINK each key only if it still has no TTL and is idle >= min; return unlinked keys."""
+    def unlink_idle(self, keys: Sequence[bytes], min_idle_seconds: int) -> dict[bytes, int]:
+        """UNLINK each key only if it still has no TTL and is idle >= min, atomically per key;
+        return each unlinked key with its MEMORY USAGE measured just before the UNLINK."""
+        ...
+
+    def memory_usage(self, keys: Sequence[bytes]) -> dict[bytes, int]:
+        """MEMORY USAGE of each existing key (missing keys are absent)."""
         ...
 
     def expire_if_persistent(self, items: Sequence[tuple[bytes, int]]) -> int:
         """EXPIRE each key to its seconds only if it still has no TTL; return how many were set."""
         ...
 
-    def unlink(self, keys: Sequence[bytes]) -> int:
-        """UNLINK keys; raises NotOursError if any key is outside the cache patterns."""
+    def unlink(self, keys: Sequence[bytes]) -> dict[bytes, int]:
+        """UNLINK keys; return each key that existed with its MEMORY USAGE just before.
+
+        Raises NotOursError if any key is outside the cache patterns."""
         ...
 
     def existing(self, keys: Sequence[bytes]) -> list[bytes]:
@@ -101,6 +118,15 @@ class PointInfo:
 
 
 @dataclass(frozen=True)
+class PointRef:
+    """A point judged for deletion: its id and the payload values the judgement relied on."""
+
+    point_id: str
+    session_id: str | None
+    document_id: str
+
+
+@dataclass(frozen=True)
 class VectorPoint:
     """A point to write (seeding and tests)."""
 
@@ -126,16 +152,21 @@ class VectorStore(Protocol):
         """Stream points (no vectors) in batches."""
         ...
 
-    def count_for_documents(self, document_ids: Sequence[str]) -> int:
-        """Points whose document_id is one of these."""
+    def points_for_documents(self, document_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Ids of the points whose document_id is exactly one of these strings, per document."""
         ...
 
-    def delete_for_documents(self, document_ids: Sequence[str]) -> None:
-        """Server-side delete of points whose document_id is one of these."""
+    def delete_for_documents(self, points: Sequence[PointRef]) -> int:
+        """Delete these points if their document_id is still the one read; return how many went."""
         ...
 
-    def delete_for_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Server-side delete of points matching any (session_id, document_id) pair."""
+    def delete_points(self, points: Sequence[PointRef], created_before: float) -> int:
+        """Delete these points if their session_id/document_id are still the ones read and
+        their created_at is still a number < created_before; return how many went."""
+        ...
+
+    def point_bytes(self) -> int:
+        """Bytes one point's vector takes, from the collection's own configuration."""
         ...
 
     def upsert(self, points: Sequence[VectorPoint]) -> None:
@@ -184,6 +215,10 @@ class ObjectStore(Protocol):
         """Whether the object exists."""
         ...
 
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        """The stored size of each existing key (missing keys are absent)."""
+        ...
+
     def close(self) -> None:
         """Release connections."""
         ...
@@ -196,8 +231,10 @@ class ObjectStore(Protocol):
 class DocumentRecord:
     """A `documents` record as the lifecycle rules see it.
 
-    `id` is the string form of `_id`. Datetimes are aware UTC. `problem` names why the record
-    cannot be trusted (a missing or wrong-typed field); such records are skipped and counted.
+    `id` is the string form of `_id` (what references hold); `oid` says whether `_id` itself is
+    an ObjectId, so (`id`, `oid`) names exactly one record. Datetimes are aware UTC. `problem`
+    names why the record cannot be trusted (a missing or wrong-typed field); such records are
+    skipped and counted. `claim` is the run id of a cleanup that claimed it for expiry.
     """
 
     id: str
@@ -211,6 +248,21 @@ class DocumentRecord:
     conversation_id: str | None
     file_hash: str | None
     problem: str | None = None
+    oid: bool = True
+    claim: str | None = None
+
+    @property
+    def identity(self) -> tuple[str, bool]:
+        """The exact `_id`: an ObjectId and a string with the same hex are two records."""
+        return (self.id, self.oid)
+
+
+class Touch(enum.Enum):
+    """What a dedup touch found."""
+
+    TOUCHED = "touched"
+    CLAIMED = "claimed"
+    GONE = "gone"
 
 
 @dataclass(frozen=True)
@@ -253,14 +305,19 @@ class MetadataStore(Protocol):
         """The user's document with this hash, if any."""
         ...
 
-    def touch_document(self, doc_id: str, now: datetime) -> None:
-        """Set updated_at = now (a dedup hit keeps the document live)."""
+    def touch_document(self, doc: DocumentRecord, now: datetime) -> Touch:
+        """Set updated_at = now unless a cleanup has claimed the record (a dedup hit keeps the
+        document live); say whether it was touched, is claimed, or is gone."""
         ...
 
-    def relink_document(self, doc_id: str, minio_key: str, size_bytes: int, now: datetime) -> None:
-        """Point a document at a new object, mark it `processing` and touch it.
+    def relink_document(
+        self, doc: DocumentRecord, minio_key: str, size_bytes: int, now: datetime, status: str
+    ) -> bool:
+        """Point a document at a new object, set its status, touch it and break any claim;
+        False when the record is gone.
 
-        Repairs a record whose object an interrupted cascade already deleted.
+        Repairs a record whose object an interrupted cascade deleted, resets a failed one, and
+        takes a record back from a cleanup that claimed it.
         """
         ...
 
@@ -269,7 +326,29 @@ class MetadataStore(Protocol):
         ...
 
     def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentRecord]:
-        """Documents by id ($in batches); missing ids are absent from the result."""
+        """Documents by the string form of their id ($in batches); missing ids are absent."""
+        ...
+
+    def find_documents(self, doc_ids: Sequence[str]) -> list[DocumentRecord]:
+        """Every record whose `_id`, as an ObjectId or as a string, has one of these forms."""
+        ...
+
+    def check_references(self) -> None:
+        """Raise ReferencesUnknownError when documents exist but the sessions or messages
+        collection is missing or unreadable (a misnamed setting makes everything unreferenced)."""
+        ...
+
+    def claim_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
+        """Claim each record for expiry only if it is exactly as read (same `_id` form,
+        updated_at, status, minio_key and claim); return the records now claimed by run_id."""
+        ...
+
+    def claimed(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
+        """Those of docs still claimed by run_id and unchanged since read."""
+        ...
+
+    def release_claims(self, docs: Sequence[DocumentRecord], run_id: str) -> None:
+        """Drop run_id's claim on these records (they stay)."""
         ...
 
     def active_references(self, doc_ids: Sequence[str], active_since: datetime) -> set[str]:
@@ -291,14 +370,15 @@ class MetadataStore(Protocol):
         ...
 
     def referenced_object_keys(
-        self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
+        self, bucket: str, keys: Sequence[str], excluding: Sequence[DocumentRecord] = ()
     ) -> set[str]:
-        """Those of keys that some document, other than the ids in `excluding`, names as its
-        minio_key in this bucket."""
+        """Those of keys that some document, other than the records in `excluding`, names as its
+        minio_key in this bucket; a missing, empty or non-string minio_bucket names our bucket."""
         ...
 
-    def delete_documents(self, doc_ids: Sequence[str]) -> int:
-        """Delete documents by id; return how many went."""
+    def delete_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> int:
+        """Delete exactly these records, each only if still claimed by run_id and unchanged
+        since read; return how many went."""
         ...
 
     def stats(self) -> MetadataStats:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote_plus, urlsplit
 
 from rlm_core.priority import Thresholds
 
@@ -32,6 +32,23 @@ PROFILES: dict[str, dict[str, str]] = {
 }
 
 MAX_BATCH_SIZE = 100_000
+# A century: `now - TTL` and `2 x TTL` stay inside datetime's range (years 1-9999).
+MAX_TTL_DAYS = 36_500
+MAX_TTL_HOURS = MAX_TTL_DAYS * 24
+# Counts stay exact as floats (usage percentages) and fit Mongo's and Dagster's 64-bit ints.
+MAX_COUNT = 10**15
+# A petabyte of Redis memory (MB) or an exabyte of objects (GB): far above any real limit.
+MAX_SIZE = 10**9
+# A week: the longest interval a schedule's cron can express.
+MAX_INTERVAL_SECONDS = 604_800
+MAX_TIMEOUT_SECONDS = 3_600
+MAX_LOCK_WAIT_SECONDS = 86_400
+# Qdrant's own limit on a vector's dimension.
+MAX_VECTOR_SIZE = 65_536
+# MongoDB's limits on database names and on `database.collection` namespaces, in bytes.
+MONGO_DATABASE_MAX_BYTES = 63
+MONGO_NAMESPACE_MAX_BYTES = 255
+MONGO_DATABASE_FORBIDDEN = frozenset('/\\. "$*<>:|?\x00')
 SECRET_VARIABLES = frozenset({"MINIO_SECRET_KEY", "QDRANT_API_KEY", "MINIO_ACCESS_KEY"})
 
 
@@ -94,6 +111,7 @@ class Settings:
         profile = _profile(source, problems)
         merged = {**PROFILES.get(profile or "", {}), **_non_empty(source)}
         values: dict[str, Any] = {"retention_profile": profile}
+        failed: set[str] = set()
         for spec in _SPECS:
             raw = merged.get(spec.env)
             if raw is None:
@@ -101,8 +119,9 @@ class Settings:
             try:
                 values[spec.attr] = spec.parse(raw)
             except ValueError as exc:
+                failed.add(spec.env)
                 problems.append(_problem(spec.env, raw, str(exc)))
-        problems.extend(_cross_checks(cls(**values)))
+        problems.extend(_cross_checks(cls(**values), given=merged, failed=failed))
         if problems:
             raise SettingsError(problems)
         return cls(**values)
@@ -164,30 +183,42 @@ class _Spec:
     parse: Callable[[str], Any]
 
 
-def _float(raw: str) -> float:
-    allowed = "allowed: a finite number > 0 (fractions such as 0.5 are fine)"
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(allowed) from None
-    if not 0 < value < float("inf"):
-        raise ValueError(allowed)
-    return value
+def _number(maximum: int) -> Callable[[str], float]:
+    allowed = f"allowed: a finite number > 0 and <= {maximum} (fractions such as 0.5 are fine)"
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not 0 < value <= maximum:  # also false for nan
+            raise ValueError(allowed)
+        return value
+
+    return parse
 
 
-def _positive_int(raw: str) -> int:
+def _whole(maximum: int) -> Callable[[str], int]:
+    allowed = f"allowed: a whole number > 0 and <= {maximum}"
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(allowed) from None
+        if not 0 < value <= maximum:
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def _batch_size(raw: str) -> int:
     try:
         value = int(raw.strip())
     except ValueError:
         raise ValueError("allowed: a whole number > 0") from None
-    if value <= 0:
-        raise ValueError("allowed: a whole number > 0")
-    return value
-
-
-def _batch_size(raw: str) -> int:
-    value = _positive_int(raw)
-    if value > MAX_BATCH_SIZE:
+    if not 0 < value <= MAX_BATCH_SIZE:
         raise ValueError(f"allowed: a whole number from 1 to {MAX_BATCH_SIZE}")
     return value
 
@@ -215,6 +246,51 @@ def _name(raw: str) -> str:
     value = raw.strip()
     if not value or any(c in value for c in " /\\$\x00"):
         raise ValueError("allowed: a non-empty name without spaces, slashes, '$' or NUL")
+    return value
+
+
+def _bucket(raw: str) -> str:
+    from minio.helpers import check_bucket_name
+
+    value = raw.strip()
+    try:
+        check_bucket_name(value, strict=True, s3_check=True)
+    except ValueError:
+        raise ValueError(
+            "allowed: an S3 bucket name, without spaces: 3-63 lowercase letters, digits, dots "
+            "and hyphens, beginning and ending with a letter or digit, no '..', '.-' or '-.', "
+            "not an IPv4 address, not starting with 'xn--', not ending with '-s3alias' or "
+            "'--ol-s3'"
+        ) from None
+    return value
+
+
+def _mongo_database(raw: str) -> str:
+    value = raw.strip()
+    if not _is_mongo_database(value):
+        raise ValueError(
+            f"allowed: a MongoDB database name of 1-{MONGO_DATABASE_MAX_BYTES} bytes, "
+            'without spaces or any of / \\ . " $ * < > : | ? or NUL'
+        )
+    return value
+
+
+def _is_mongo_database(name: str) -> bool:
+    size = len(name.encode())
+    return 0 < size <= MONGO_DATABASE_MAX_BYTES and not MONGO_DATABASE_FORBIDDEN & set(name)
+
+
+def _mongo_collection(raw: str) -> str:
+    allowed = (
+        "allowed: a MongoDB collection name, non-empty, without spaces, slashes, '$' or NUL, "
+        "not starting with 'system.'"
+    )
+    try:
+        value = _name(raw)
+    except ValueError:
+        raise ValueError(allowed) from None
+    if value.startswith("system."):
+        raise ValueError(allowed)
     return value
 
 
@@ -250,18 +326,24 @@ def _is_doc_template(template: str) -> bool:
     return True
 
 
-def _url(*schemes: str) -> Callable[[str], str]:
-    allowed = f"allowed: a URL scheme://host[:port][/path] with scheme {_either(schemes)}"
+def _url(*schemes: str, check: Callable[[str], object] | None = None) -> Callable[[str], str]:
+    allowed = (
+        f"allowed: a URL scheme://host[:port][/path] with scheme {_either(schemes)} "
+        "and a port from 1 to 65535"
+    )
 
     def parse(raw: str) -> str:
         value = raw.strip()
         scheme = value.partition("://")[0].lower()
-        try:
+        try:  # urlsplit raises on an unclosed IPv6 bracket, .port on a bad or out-of-range port
             parts = urlsplit(value)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
+            port = parts.port
+            if check is not None and scheme in schemes:
+                check(value)
+        except ValueError:
             raise ValueError(allowed) from None
         located = parts.path.strip("/") if scheme == "unix" else parts.hostname
-        if "://" not in value or scheme not in schemes or not located:
+        if "://" not in value or scheme not in schemes or not located or port == 0:
             raise ValueError(allowed)
         if any(c.isspace() for c in value):
             raise ValueError(allowed)
@@ -270,18 +352,81 @@ def _url(*schemes: str) -> Callable[[str], str]:
     return parse
 
 
+def _check_redis_url(url: str) -> None:
+    # redis-py's own parser: a port, db or query option it cannot read fails at start, not later.
+    from redis.connection import parse_url
+
+    parse_url(url)  # type: ignore[no-untyped-call]
+
+
+_MONGODB_ALLOWED = (
+    "allowed: a URL with scheme mongodb or mongodb+srv: "
+    "mongodb://[user:password@]host[:port][,host[:port]...][/database][?options] "
+    "(ports from 1 to 65535) or mongodb+srv://[user:password@]host[/database][?options]"
+)
+
+
+def _mongodb_url(raw: str) -> str:
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in {"mongodb", "mongodb+srv"} or any(c.isspace() for c in value):
+        raise ValueError(_MONGODB_ALLOWED)
+    located, _, _ = rest.partition("?")
+    hosts, _, database = located.partition("/")
+    userinfo, at, hosts = hosts.rpartition("@")
+    if not _mongo_hosts_ok(hosts, srv=scheme == "mongodb+srv", userinfo=userinfo if at else None):
+        raise ValueError(_MONGODB_ALLOWED)
+    if database and not _is_mongo_database(unquote_plus(database).partition(".")[0]):
+        raise ValueError(_MONGODB_ALLOWED)
+    return value
+
+
+def _mongo_hosts_ok(hosts: str, srv: bool, userinfo: str | None) -> bool:
+    # pymongo's own parsers, without the DNS lookups that parse_uri makes for mongodb+srv.
+    from pymongo.errors import PyMongoError
+    from pymongo.uri_parser import parse_userinfo, split_hosts
+
+    try:
+        nodes = split_hosts(hosts, default_port=None)
+        if userinfo is not None:
+            parse_userinfo(userinfo)
+    except (ValueError, PyMongoError):
+        return False
+    if srv:
+        return len(nodes) == 1 and nodes[0][1] is None
+    return all(host for host, _ in nodes)
+
+
 def _either(options: tuple[str, ...]) -> str:
     return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
 
 
+_ENDPOINT_ALLOWED = (
+    "allowed: host:port or host (port from 1 to 65535; no path, no credentials), "
+    "optionally with http:// or https://"
+)
+
+
 def _endpoint(raw: str) -> str:
     value = raw.strip()
-    hostport = value.split("://", 1)[-1].rstrip("/")
-    if not hostport or "/" in hostport or "@" in hostport or any(c.isspace() for c in value):
-        raise ValueError(
-            "allowed: host:port (no path, no credentials), optionally with http:// or https://"
-        )
+    scheme, sep, rest = value.partition("://")
+    hostport = (rest if sep else value).rstrip("/")
+    if sep and scheme.lower() not in {"http", "https"}:
+        raise ValueError(_ENDPOINT_ALLOWED)
+    if not hostport or any(c in hostport for c in "/@?#") or any(c.isspace() for c in value):
+        raise ValueError(_ENDPOINT_ALLOWED)
+    if not _host_port_ok(hostport):
+        raise ValueError(_ENDPOINT_ALLOWED)
     return value
+
+
+def _host_port_ok(hostport: str) -> bool:
+    try:
+        parts: SplitResult = urlsplit(f"//{hostport}")
+        port = parts.port
+    except ValueError:
+        return False
+    return bool(parts.hostname) and port != 0 and not hostport.endswith(":")
 
 
 def _text(raw: str) -> str:
@@ -296,48 +441,53 @@ def _path(raw: str) -> Path:
     return Path(raw).expanduser()
 
 
+_interval = _whole(MAX_INTERVAL_SECONDS)
+_count = _whole(MAX_COUNT)
+
 _SPECS: tuple[_Spec, ...] = (
-    _Spec("REDIS_CACHE_TTL_HOURS", "redis_cache_ttl_hours", _float),
-    _Spec("RAG_SESSION_TTL_HOURS", "rag_session_ttl_hours", _float),
-    _Spec("FILES_TTL_DAYS", "files_ttl_days", _float),
-    _Spec("REDIS_CLEANUP_INTERVAL_SECONDS", "redis_cleanup_interval_seconds", _positive_int),
-    _Spec("QDRANT_CLEANUP_INTERVAL_SECONDS", "qdrant_cleanup_interval_seconds", _positive_int),
-    _Spec("MINIO_CLEANUP_INTERVAL_SECONDS", "minio_cleanup_interval_seconds", _positive_int),
+    _Spec("REDIS_CACHE_TTL_HOURS", "redis_cache_ttl_hours", _number(MAX_TTL_HOURS)),
+    _Spec("RAG_SESSION_TTL_HOURS", "rag_session_ttl_hours", _number(MAX_TTL_HOURS)),
+    _Spec("FILES_TTL_DAYS", "files_ttl_days", _number(MAX_TTL_DAYS)),
+    _Spec("REDIS_CLEANUP_INTERVAL_SECONDS", "redis_cleanup_interval_seconds", _interval),
+    _Spec("QDRANT_CLEANUP_INTERVAL_SECONDS", "qdrant_cleanup_interval_seconds", _interval),
+    _Spec("MINIO_CLEANUP_INTERVAL_SECONDS", "minio_cleanup_interval_seconds", _interval),
     _Spec(
-        "RESOURCE_MONITORING_INTERVAL_SECONDS",
-        "resource_monitoring_interval_seconds",
-        _positive_int,
+        "RESOURCE_MONITORING_INTERVAL_SECONDS", "resource_monitoring_interval_seconds", _interval
     ),
     _Spec("CLEANUP_THRESHOLD_CRITICAL", "cleanup_threshold_critical", _fraction),
     _Spec("CLEANUP_THRESHOLD_HIGH", "cleanup_threshold_high", _fraction),
     _Spec("CLEANUP_THRESHOLD_MEDIUM", "cleanup_threshold_medium", _fraction),
-    _Spec("MAX_REDIS_MEMORY_MB", "max_redis_memory_mb", _float),
-    _Spec("MAX_QDRANT_POINTS", "max_qdrant_points", _positive_int),
-    _Spec("MAX_MINIO_STORAGE_GB", "max_minio_storage_gb", _float),
-    _Spec("MAX_MONGODB_DOCUMENTS", "max_mongodb_documents", _positive_int),
-    _Spec("REDIS_URL", "redis_url", _url("redis", "rediss", "unix")),
+    _Spec("MAX_REDIS_MEMORY_MB", "max_redis_memory_mb", _number(MAX_SIZE)),
+    _Spec("MAX_QDRANT_POINTS", "max_qdrant_points", _count),
+    _Spec("MAX_MINIO_STORAGE_GB", "max_minio_storage_gb", _number(MAX_SIZE)),
+    _Spec("MAX_MONGODB_DOCUMENTS", "max_mongodb_documents", _count),
+    _Spec("REDIS_URL", "redis_url", _url("redis", "rediss", "unix", check=_check_redis_url)),
     _Spec("QDRANT_URL", "qdrant_url", _url("http", "https")),
     _Spec("QDRANT_API_KEY", "qdrant_api_key", _text),
-    _Spec("MONGODB_URL", "mongodb_url", _url("mongodb", "mongodb+srv")),
+    _Spec("MONGODB_URL", "mongodb_url", _mongodb_url),
     _Spec("MINIO_ENDPOINT", "minio_endpoint", _endpoint),
     _Spec("MINIO_ACCESS_KEY", "minio_access_key", _text),
     _Spec("MINIO_SECRET_KEY", "minio_secret_key", _text),
     _Spec("MINIO_SECURE", "minio_secure", _bool),
     _Spec("RLM_DATA_DIR", "data_dir", _path),
     _Spec("RLM_AUDIT_DIR", "audit_dir", _path),
-    _Spec("MONGODB_DATABASE", "mongodb_database", _name),
-    _Spec("RLM_DOCUMENTS_COLLECTION", "documents_collection", _name),
-    _Spec("RLM_SESSIONS_COLLECTION", "sessions_collection", _name),
-    _Spec("RLM_MESSAGES_COLLECTION", "messages_collection", _name),
-    _Spec("MINIO_BUCKET", "minio_bucket", _name),
+    _Spec("MONGODB_DATABASE", "mongodb_database", _mongo_database),
+    _Spec("RLM_DOCUMENTS_COLLECTION", "documents_collection", _mongo_collection),
+    _Spec("RLM_SESSIONS_COLLECTION", "sessions_collection", _mongo_collection),
+    _Spec("RLM_MESSAGES_COLLECTION", "messages_collection", _mongo_collection),
+    _Spec("MINIO_BUCKET", "minio_bucket", _bucket),
     _Spec("REDIS_CACHE_KEY_PATTERNS", "redis_cache_key_patterns", _patterns),
     _Spec("REDIS_DOCUMENT_KEY_TEMPLATES", "redis_document_key_templates", _templates),
     _Spec("QDRANT_COLLECTION", "qdrant_collection", _name),
-    _Spec("QDRANT_VECTOR_SIZE", "qdrant_vector_size", _positive_int),
-    _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _positive_int),
-    _Spec("RLM_STORE_TIMEOUT_SECONDS", "store_timeout_seconds", _float),
+    _Spec("QDRANT_VECTOR_SIZE", "qdrant_vector_size", _whole(MAX_VECTOR_SIZE)),
+    _Spec("RLM_MAX_DELETIONS_PER_RUN", "max_deletions_per_run", _count),
+    _Spec("RLM_STORE_TIMEOUT_SECONDS", "store_timeout_seconds", _number(MAX_TIMEOUT_SECONDS)),
     _Spec("RLM_BATCH_SIZE", "batch_size", _batch_size),
-    _Spec("RLM_EMBEDDED_LOCK_WAIT_SECONDS", "embedded_lock_wait_seconds", _float),
+    _Spec(
+        "RLM_EMBEDDED_LOCK_WAIT_SECONDS",
+        "embedded_lock_wait_seconds",
+        _number(MAX_LOCK_WAIT_SECONDS),
+    ),
 )
 
 ENV_VARIABLES: tuple[str, ...] = ("RLM_RETENTION_PROFILE", *(s.env for s in _SPECS))
@@ -388,15 +538,8 @@ def _redact_credentials(raw: str) -> str:
     return f"{scheme}://***@{host}" if sep else f"***@{host}"
 
 
-def _cross_checks(s: Settings) -> list[str]:
-    problems: list[str] = []
-    for template in s.redis_document_key_templates:
-        key = template.format(doc_id="0123456789abcdef01234567")
-        if not any(fnmatch.fnmatchcase(key, p) for p in s.redis_cache_key_patterns):
-            problems.append(
-                f"REDIS_DOCUMENT_KEY_TEMPLATES={template!r} is invalid; allowed: templates whose "
-                "keys match one of REDIS_CACHE_KEY_PATTERNS (cleanup touches no other key)"
-            )
+def _cross_checks(s: Settings, given: Mapping[str, str], failed: set[str]) -> list[str]:
+    problems = [*_key_checks(s, given, failed), *_namespace_checks(s, failed)]
     if not s.cleanup_threshold_medium < s.cleanup_threshold_high < s.cleanup_threshold_critical:
         problems.append(
             f"CLEANUP_THRESHOLD_MEDIUM={s.cleanup_threshold_medium}, "
@@ -408,4 +551,56 @@ def _cross_checks(s: Settings) -> list[str]:
         problems.append(
             "MINIO_ACCESS_KEY/MINIO_SECRET_KEY are missing; allowed: both set when MINIO_ENDPOINT is set"
         )
+    return problems
+
+
+def _key_checks(s: Settings, given: Mapping[str, str], failed: set[str]) -> list[str]:
+    # A list that failed on its own is already reported; comparing the other list with the
+    # default in its place would blame a variable that is fine.
+    if failed & {"REDIS_CACHE_KEY_PATTERNS", "REDIS_DOCUMENT_KEY_TEMPLATES"}:
+        return []
+    patterns = s.redis_cache_key_patterns
+    unmatched = [
+        t
+        for t in s.redis_document_key_templates
+        if not any(
+            fnmatch.fnmatchcase(t.format(doc_id="0123456789abcdef01234567"), p) for p in patterns
+        )
+    ]
+    if not unmatched:
+        return []
+    if "REDIS_DOCUMENT_KEY_TEMPLATES" in given:
+        allowed = (
+            f"allowed: templates whose keys match one of REDIS_CACHE_KEY_PATTERNS {list(patterns)} "
+            "(cleanup touches no other key)"
+        )
+        return [_problem("REDIS_DOCUMENT_KEY_TEMPLATES", t, allowed) for t in unmatched]
+    # Only the patterns were set: they no longer cover the default document keys.
+    allowed = (
+        "allowed: patterns that also match the document keys of REDIS_DOCUMENT_KEY_TEMPLATES "
+        f"{list(unmatched)} (set both together)"
+    )
+    return [_problem("REDIS_CACHE_KEY_PATTERNS", given["REDIS_CACHE_KEY_PATTERNS"], allowed)]
+
+
+_COLLECTION_VARIABLES = {
+    "RLM_DOCUMENTS_COLLECTION": "documents_collection",
+    "RLM_SESSIONS_COLLECTION": "sessions_collection",
+    "RLM_MESSAGES_COLLECTION": "messages_collection",
+}
+
+
+def _namespace_checks(s: Settings, failed: set[str]) -> list[str]:
+    if "MONGODB_DATABASE" in failed:
+        return []
+    problems: list[str] = []
+    for env, attr in _COLLECTION_VARIABLES.items():
+        name = getattr(s, attr)
+        size = len(f"{s.mongodb_database}.{name}".encode())
+        if size > MONGO_NAMESPACE_MAX_BYTES:
+            allowed = (
+                f"allowed: a name short enough that MONGODB_DATABASE.name is at most "
+                f"{MONGO_NAMESPACE_MAX_BYTES} bytes (it is {size})"
+            )
+            problems.append(_problem(env, name, allowed))
     return problems

@@ -77,8 +77,12 @@ def qdrant_client(tmp_path: Path) -> Iterator[QdrantClient]:
 
 @pytest.fixture
 def mongo_db() -> mongomock.Database:
-    """A mongomock database standing in for pymongo's Database."""
-    return mongomock.MongoClient(tz_aware=False)["rag"]
+    """A mongomock database standing in for pymongo's Database, with the RAG app's three
+    collections (rlm refuses reference-aware sweeps when sessions or messages are missing)."""
+    db = mongomock.MongoClient(tz_aware=False)["rag"]
+    for name in ("documents", "chat_sessions", "messages"):
+        db.create_collection(name)
+    return db
 
 
 @pytest.fixture

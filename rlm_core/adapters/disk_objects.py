@@ -68,6 +68,18 @@ class DiskObjectStore:
         """Whether the object exists."""
         return self._path(key).is_file()
 
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        """The stored size of each existing key (missing keys are absent)."""
+        found: dict[str, int] = {}
+        for key in keys:
+            try:
+                path = self._path(key)
+                if path.is_file():
+                    found[key] = path.stat().st_size
+            except (ValueError, OSError):
+                continue
+        return found
+
     def close(self) -> None:
         """Nothing to release."""
 

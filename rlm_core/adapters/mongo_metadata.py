@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from itertools import islice
 from typing import Any, TypeVar
@@ -21,7 +22,9 @@ from rlm_core.ports import (
     DuplicateDocumentError,
     MetadataStats,
     NewDocument,
+    ReferencesUnknownError,
     StoreError,
+    Touch,
 )
 
 IN_BATCH = 1000
@@ -32,6 +35,8 @@ LOGICAL_COLLECTIONS = ("documents", "chat_sessions", "messages")
 
 Raw = dict[str, Any]
 _T = TypeVar("_T")
+# rlm's own field on a document record: the run id of the cleanup that claimed it for expiry.
+CLAIM_FIELD = "rlm_claim"
 
 PROJECTION: dict[str, int] = {
     "user_id": 1,
@@ -43,6 +48,7 @@ PROJECTION: dict[str, int] = {
     "size_bytes": 1,
     "conversation_id": 1,
     "metadata.file_hash": 1,
+    CLAIM_FIELD: 1,
 }
 
 # (field, expected type, required). Missing optional fields read as None; policy decides.
@@ -51,7 +57,6 @@ _FIELDS: tuple[tuple[str, type, bool], ...] = (
     ("status", str, False),
     ("created_at", datetime, True),
     ("updated_at", datetime, False),
-    ("minio_bucket", str, False),
     ("minio_key", str, False),
     ("size_bytes", int, False),
     ("conversation_id", str, False),
@@ -77,21 +82,60 @@ def document_record(raw: Mapping[str, Any]) -> DocumentRecord:
     problems: list[str] = []
     doc_id = _id_text(raw.get("_id"), problems)
     values = {name: _typed(raw, name, kind, required, problems) for name, kind, required in _FIELDS}
+    bucket = _bucket(raw.get("minio_bucket"), problems)
     file_hash = _file_hash(raw.get("metadata"), problems)
     created, updated = values["created_at"], values["updated_at"]
+    claim = raw.get(CLAIM_FIELD)
     return DocumentRecord(
         id=doc_id,
         user_id=values["user_id"],
         status=values["status"],
         created_at=to_utc(created) if created is not None else None,
         updated_at=to_utc(updated) if updated is not None else None,
-        minio_bucket=values["minio_bucket"],
+        minio_bucket=bucket,
         minio_key=values["minio_key"],
         size_bytes=values["size_bytes"],
         conversation_id=values["conversation_id"],
         file_hash=file_hash,
         problem="; ".join(problems) or None,
+        oid=isinstance(raw.get("_id"), ObjectId),
+        claim=claim if isinstance(claim, str) else None,
     )
+
+
+def _bucket(value: Any, problems: list[str]) -> str | None:
+    # SPEC 4.1 (5): a record without a usable bucket names its key in our bucket for protection
+    # (see _names_our_bucket) and is never expired on a guess.
+    if isinstance(value, str) and value:
+        return value
+    shown = '""' if value == "" else _type_name(value)
+    problems.append(f"minio_bucket is {shown}, expected a bucket name")
+    return None
+
+
+def exact_id(doc: DocumentRecord) -> Any:
+    """The record's `_id` as stored: an ObjectId, or the string."""
+    return ObjectId(doc.id) if doc.oid else doc.id
+
+
+def as_read(doc: DocumentRecord) -> Raw:
+    """A filter matching the record only while it is exactly as it was read: same `_id` form,
+    updated_at, status, minio_key and claim (a dedup touch or relink changes one of them)."""
+    updated = naive_utc(doc.updated_at) if doc.updated_at is not None else None
+    return {
+        "_id": exact_id(doc),
+        "updated_at": updated,
+        "status": doc.status,
+        "minio_key": doc.minio_key,
+        CLAIM_FIELD: doc.claim,
+    }
+
+
+def id_text(value: Any) -> str | None:
+    """The string form of an id held as a string or an ObjectId; None for anything else."""
+    if isinstance(value, ObjectId):
+        return str(value)
+    return value if isinstance(value, str) and value else None
 
 
 def _id_text(value: Any, problems: list[str]) -> str:
@@ -193,6 +237,10 @@ class MongoMetadataStore:
             zip(LOGICAL_COLLECTIONS, (self._documents, self._sessions, self._messages), strict=True)
         )
         self._default_bucket = default_bucket
+        self._reference_sources = (
+            ("RLM_SESSIONS_COLLECTION", self._sessions),
+            ("RLM_MESSAGES_COLLECTION", self._messages),
+        )
 
     def ensure_indexes(self) -> None:
         """Create the unique dedup index and the lookup indexes (idempotent)."""
@@ -203,15 +251,18 @@ class MongoMetadataStore:
                 partialFilterExpression={"metadata.file_hash": {"$type": "string"}},
                 name="rlm_user_file_hash",
             )
+            for field in ("minio_key", "conversation_id", "created_at"):
+                self._documents.create_index(field)
+            # Only on collections that exist: creating an index would create a misnamed
+            # sessions or messages collection, and an empty one would hide every reference.
+            existing = set(self._db.list_collection_names())
             for collection, field in (
-                (self._documents, "minio_key"),
-                (self._documents, "conversation_id"),
-                (self._documents, "created_at"),
                 (self._sessions, "updated_at"),
                 (self._messages, "chat_id"),
                 (self._messages, "file_ids"),
             ):
-                collection.create_index(field)
+                if collection.name in existing:
+                    collection.create_index(field)
 
     def insert_document(self, doc: NewDocument) -> str:
         """Insert a new document; the unique index turns a same-user same-hash race into one."""
@@ -233,24 +284,33 @@ class MongoMetadataStore:
             )
         return None if raw is None else document_record(raw)
 
-    def touch_document(self, doc_id: str, now: datetime) -> None:
-        """Set updated_at = now."""
+    def touch_document(self, doc: DocumentRecord, now: datetime) -> Touch:
+        """Set updated_at = now unless a cleanup claimed the record."""
         with _guard("touch_document"):
-            self._documents.update_one(
-                {"_id": {"$in": id_candidates([doc_id])}},
+            result = self._documents.update_one(
+                {"_id": exact_id(doc), CLAIM_FIELD: None},
                 {"$set": {"updated_at": naive_utc(now)}},
             )
+            if result.matched_count:
+                return Touch.TOUCHED
+            exists = self._documents.find_one({"_id": exact_id(doc)}, {"_id": 1})
+        return Touch.CLAIMED if exists is not None else Touch.GONE
 
-    def relink_document(self, doc_id: str, minio_key: str, size_bytes: int, now: datetime) -> None:
-        """Point the document at a new object, mark it processing and touch it."""
+    def relink_document(
+        self, doc: DocumentRecord, minio_key: str, size_bytes: int, now: datetime, status: str
+    ) -> bool:
+        """Point the document at a new object, set its status, touch it, break any claim."""
         fields = {
             "minio_key": minio_key,
             "size_bytes": size_bytes,
-            "status": "processing",
+            "status": status,
             "updated_at": naive_utc(now),
         }
         with _guard("relink_document"):
-            self._documents.update_one({"_id": {"$in": id_candidates([doc_id])}}, {"$set": fields})
+            result = self._documents.update_one(
+                {"_id": exact_id(doc)}, {"$set": fields, "$unset": {CLAIM_FIELD: ""}}
+            )
+        return result.matched_count > 0
 
     def iter_documents(self, batch_size: int) -> Iterator[list[DocumentRecord]]:
         """Stream all documents in _id order, `batch_size` per list."""
@@ -260,17 +320,68 @@ class MongoMetadataStore:
                 yield [document_record(raw) for raw in batch]
 
     def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentRecord]:
-        """Documents by id; missing ids are absent."""
+        """Documents by the string form of their id; missing ids are absent."""
+        return {record.id: record for record in self.find_documents(doc_ids)}
+
+    def find_documents(self, doc_ids: Sequence[str]) -> list[DocumentRecord]:
+        """Every record whose `_id` (ObjectId or string) has one of these string forms."""
         wanted = set(doc_ids)
-        found: dict[str, DocumentRecord] = {}
-        with _guard("get_documents"):
+        found: list[DocumentRecord] = []
+        with _guard("find_documents"):
             for batch in chunks(wanted, IN_BATCH):
                 query = {"_id": {"$in": id_candidates(batch)}}
                 for raw in self._documents.find(query, PROJECTION):
                     record = document_record(raw)
                     if record.id in wanted:
-                        found[record.id] = record
+                        found.append(record)
         return found
+
+    def check_references(self) -> None:
+        """Refuse when documents exist but a reference collection is missing or unreadable."""
+        try:
+            with _guard("check_references"):
+                if self._documents.find_one({}, {"_id": 1}) is None:
+                    return
+                names = set(self._db.list_collection_names())
+                for setting, collection in self._reference_sources:
+                    if collection.name not in names:
+                        raise ReferencesUnknownError(
+                            f"{setting}: collection {collection.name!r} does not exist in database "
+                            f"{self._db.name!r} while {self._documents.name!r} holds records; "
+                            "references cannot be read, so nothing is deleted "
+                            "(allowed: the name of the existing collection)"
+                        )
+                    collection.find_one({}, {"_id": 1})
+        except OperationFailure as exc:
+            raise ReferencesUnknownError(
+                f"MongoDB references cannot be read ({exc.code}: {exc}); nothing is deleted"
+            ) from exc
+
+    def claim_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
+        """Claim each record only if it is exactly as read; return those now claimed."""
+        claimed: list[DocumentRecord] = []
+        with _guard("claim_documents"):
+            for batch in chunks(docs, IN_BATCH):
+                self._documents.update_many(
+                    {"$or": [as_read(d) for d in batch]}, {"$set": {CLAIM_FIELD: run_id}}
+                )
+                ours = [replace(d, claim=run_id) for d in batch]
+                claimed.extend(self._matching(ours))
+        return claimed
+
+    def claimed(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
+        """Those of docs still claimed by run_id and unchanged since read."""
+        with _guard("claimed"):
+            return [d for batch in chunks(docs, IN_BATCH) for d in self._matching(batch)]
+
+    def release_claims(self, docs: Sequence[DocumentRecord], run_id: str) -> None:
+        """Drop run_id's claim on these records."""
+        with _guard("release_claims"):
+            for batch in chunks(docs, IN_BATCH):
+                self._documents.update_many(
+                    {"_id": {"$in": [exact_id(d) for d in batch]}, CLAIM_FIELD: run_id},
+                    {"$unset": {CLAIM_FIELD: ""}},
+                )
 
     def active_references(self, doc_ids: Sequence[str], active_since: datetime) -> set[str]:
         """Those of doc_ids referenced by an active session along any of the four paths."""
@@ -284,15 +395,18 @@ class MongoMetadataStore:
         return found
 
     def active_sessions(self, session_ids: Sequence[str], active_since: datetime) -> set[str]:
-        """Those of session_ids whose updated_at >= active_since, or is not a date at all (a
-        session whose activity cannot be read is taken as active: it protects, never dooms)."""
+        """Those of session_ids (string forms; a session's `_id` may be an ObjectId) whose
+        updated_at >= active_since, or is not a date at all (a session whose activity cannot be
+        read is taken as active: it protects, never dooms)."""
         since = naive_utc(active_since)
+        wanted = set(session_ids)
         found: set[str] = set()
         with _guard("active_sessions"):
-            for batch in chunks(set(session_ids), IN_BATCH):
-                query = {"_id": {"$in": batch}, **_active_session(since)}
-                found.update(str(raw["_id"]) for raw in self._sessions.find(query, {"_id": 1}))
-        return found
+            for batch in chunks(wanted, IN_BATCH):
+                query = {"_id": {"$in": id_candidates(batch)}, **_active_session(since)}
+                for raw in self._sessions.find(query, {"_id": 1}):
+                    found.add(str(raw["_id"]))
+        return found & wanted
 
     def unreadable_sessions(self) -> int:
         """How many chat sessions have an updated_at that is missing or not a date."""
@@ -300,29 +414,28 @@ class MongoMetadataStore:
             return self._sessions.count_documents({"updated_at": {"$not": {"$type": "date"}}})
 
     def referenced_object_keys(
-        self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
+        self, bucket: str, keys: Sequence[str], excluding: Sequence[DocumentRecord] = ()
     ) -> set[str]:
         """Those of keys some document names in this bucket (no bucket = the default bucket),
         leaving out the documents whose ids are in `excluding`."""
-        buckets: list[str | None] = [bucket]
-        if bucket == self._default_bucket:
-            buckets.append(None)  # matches a missing or null minio_bucket
+        wanted = set(keys)
         found: set[str] = set()
         with _guard("referenced_object_keys"):
-            for batch in chunks(set(keys), KEY_BATCH):
-                query: Raw = {"minio_key": {"$in": batch}, "minio_bucket": {"$in": buckets}}
+            for batch in chunks(wanted, KEY_BATCH):
+                query: Raw = {"minio_key": {"$in": batch}, **_names_our_bucket(bucket)}
                 if excluding:
-                    query["_id"] = {"$nin": id_candidates(excluding)}
+                    query["_id"] = {"$nin": [exact_id(d) for d in excluding]}
                 for raw in self._documents.find(query, {"minio_key": 1}):
-                    found.add(raw["minio_key"])
+                    found |= _strings(raw.get("minio_key")) & wanted
         return found
 
-    def delete_documents(self, doc_ids: Sequence[str]) -> int:
-        """Delete documents by id; return how many went."""
+    def delete_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> int:
+        """Delete exactly these records, each only if still claimed by run_id and as read."""
         deleted = 0
         with _guard("delete_documents"):
-            for batch in chunks(set(doc_ids), IN_BATCH):
-                result = self._documents.delete_many({"_id": {"$in": id_candidates(batch)}})
+            for batch in chunks(docs, IN_BATCH):
+                ours = [replace(d, claim=run_id) for d in batch]
+                result = self._documents.delete_many({"$or": [as_read(d) for d in ours]})
                 deleted += result.deleted_count
         return deleted
 
@@ -353,15 +466,29 @@ class MongoMetadataStore:
         if self._owns_client:
             self._db.client.close()
 
+    def _matching(self, docs: list[DocumentRecord]) -> list[DocumentRecord]:
+        """Those of docs whose record is still exactly as given."""
+        if not docs:
+            return []
+        found = {
+            (id_text(raw["_id"]), isinstance(raw["_id"], ObjectId))
+            for raw in self._documents.find({"$or": [as_read(d) for d in docs]}, {"_id": 1})
+        }
+        return [d for d in docs if d.identity in found]
+
     def _session_lists_referencing(self, batch: list[str], since: datetime) -> set[str]:
         wanted = set(batch)
+        # Every form a reference takes: the id as a string or an ObjectId, in documents[].doc_id,
+        # in documents as a plain list of ids, or in attached_file_ids (a list or a lone value).
+        forms = id_candidates(batch)
         query = {
             "$and": [
                 _active_session(since),
                 {
                     "$or": [
-                        {"documents.doc_id": {"$in": batch}},
-                        {"attached_file_ids": {"$in": batch}},
+                        {"documents.doc_id": {"$in": forms}},
+                        {"documents": {"$in": forms}},
+                        {"attached_file_ids": {"$in": forms}},
                     ]
                 },
             ]
@@ -375,18 +502,22 @@ class MongoMetadataStore:
     def _messages_referencing(self, batch: list[str], active_since: datetime) -> set[str]:
         wanted = set(batch)
         by_chat: dict[str, set[str]] = {}
-        query = {"file_ids": {"$in": batch}, "chat_id": {"$type": "string"}}
+        query = {"file_ids": {"$in": id_candidates(batch)}}
         for raw in self._messages.find(query, {"file_ids": 1, "chat_id": 1}):
-            refs = wanted.intersection(_strings(raw.get("file_ids")))
-            by_chat.setdefault(raw["chat_id"], set()).update(refs)
+            chat = id_text(raw.get("chat_id"))
+            if chat is not None:
+                refs = wanted.intersection(_strings(raw.get("file_ids")))
+                by_chat.setdefault(chat, set()).update(refs)
         active = self.active_sessions(list(by_chat), active_since)
         return {doc_id for chat in active for doc_id in by_chat[chat]}
 
     def _conversations_referencing(self, batch: list[str], active_since: datetime) -> set[str]:
         by_session: dict[str, set[str]] = {}
-        query = {"_id": {"$in": id_candidates(batch)}, "conversation_id": {"$type": "string"}}
+        query = {"_id": {"$in": id_candidates(batch)}}
         for raw in self._documents.find(query, {"conversation_id": 1}):
-            by_session.setdefault(raw["conversation_id"], set()).add(str(raw["_id"]))
+            session = id_text(raw.get("conversation_id"))
+            if session is not None:
+                by_session.setdefault(session, set()).add(str(raw["_id"]))
         active = self.active_sessions(list(by_session), active_since)
         return {doc_id for session in active for doc_id in by_session[session]}
 
@@ -409,26 +540,32 @@ def _active_session(since: datetime) -> Raw:
     return {"$or": [{"updated_at": {"$gte": since}}, {"updated_at": {"$not": {"$type": "date"}}}]}
 
 
+def _names_our_bucket(bucket: str) -> Raw:
+    # SPEC 4.1 (5): a missing, empty or non-string minio_bucket names our bucket for protection.
+    return {
+        "$or": [
+            {"minio_bucket": {"$in": [bucket, None, ""]}},
+            {"minio_bucket": {"$not": {"$type": "string"}}},
+        ]
+    }
+
+
 def _session_refs(raw: Mapping[str, Any]) -> set[str]:
-    """Document ids a session names in documents[].doc_id and attached_file_ids."""
+    """Document ids a session names in documents (entries with doc_id, or plain ids) and
+    attached_file_ids, each as a string or an ObjectId."""
     entries = raw.get("documents")
-    if isinstance(entries, Mapping):
-        entries = [entries]  # Mongo's dotted path matches a lone embedded document too
+    if not isinstance(entries, list):
+        entries = [entries]  # Mongo's paths match a lone value or embedded document too
     refs = _strings(raw.get("attached_file_ids"))
-    if isinstance(entries, list):
-        for entry in entries:
-            if isinstance(entry, Mapping):
-                refs |= _strings(entry.get("doc_id"))
+    for entry in entries:
+        refs |= _strings(entry.get("doc_id")) if isinstance(entry, Mapping) else _strings(entry)
     return refs
 
 
 def _strings(value: Any) -> set[str]:
-    """The str items of a list, or a lone str (Mongo's $in matches both)."""
-    if isinstance(value, str):
-        return {value}
-    if isinstance(value, list):
-        return {v for v in value if isinstance(v, str)}
-    return set()
+    """The ids in a list, or a lone id, each a str or an ObjectId (Mongo's $in matches both)."""
+    items = value if isinstance(value, list) else [value]
+    return {text for v in items if (text := id_text(v)) is not None}
 
 
 @contextmanager

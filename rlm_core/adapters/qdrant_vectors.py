@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,12 +14,12 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from rlm_core.ports import PointInfo, StoreError, VectorPoint
+from rlm_core.ports import PointInfo, PointRef, StoreError, VectorPoint
 
 LIFECYCLE_FIELDS = ("session_id", "document_id", "created_at")
 INDEXED_FIELDS = ("session_id", "document_id")
 _DOCUMENT_BATCH = 256
-_PAIR_BATCH = 128
+_DELETE_BATCH = 1000
 _UPSERT_BATCH = 256
 # Local mode sorts every point id for each scroll page (qdrant_client/local/local_collection.py,
 # `_scroll_by_id`), so a pass costs O(N^2 / page): it reads big pages and yields slices.
@@ -52,6 +52,7 @@ class QdrantVectorStore:
         self.collection = collection
         self.vector_size = vector_size
         self.scan_deletes = is_local(client) if scan_deletes is None else scan_deletes
+        self._point_bytes: int | None = None
 
     def ensure_collection(self) -> None:
         """Create the collection (cosine, vector_size) and keyword payload indexes if missing."""
@@ -87,57 +88,41 @@ class QdrantVectorStore:
                 chunk = records[start : start + batch_size]
                 yield [_point_info(r, with_payload_size) for r in chunk]
 
-    def count_for_documents(self, document_ids: Sequence[str]) -> int:
-        """Points whose document_id is one of these (0 when the collection does not exist)."""
-        total = 0
-        if not self._exists():
-            return 0
+    def points_for_documents(self, document_ids: Sequence[str]) -> dict[str, list[str]]:
+        """Ids of the points whose document_id is exactly one of these strings, per document."""
+        wanted = set(document_ids)
+        found: dict[str, list[str]] = {}
+        if not wanted or not self._exists():
+            return found
+        pages: Iterator[list[models.Record]]
         if self.scan_deletes:
-            # Count what the scan delete will select, so dry runs and reports agree with it.
-            wanted = set(document_ids)
-            return sum(
-                1
-                for records in self._scroll(_LOCAL_PAGE, ["document_id"])
-                for r in records
-                if _text(r.payload or {}, "document_id") in wanted
-            )
-        with self._errors("count"):
-            for chunk in _chunks(document_ids, _DOCUMENT_BATCH):
-                total += self._client.count(
-                    self.collection, count_filter=_documents_filter(chunk), exact=True
-                ).count
-        return total
+            pages = self._scroll(_LOCAL_PAGE, ["document_id"])
+        else:
+            pages = self._scroll(1000, ["document_id"], _documents_filter(sorted(wanted)))
+        for records in pages:
+            for record in records:
+                doc = _text(record.payload or {}, "document_id")
+                if doc in wanted:
+                    found.setdefault(doc, []).append(str(record.id))
+        return found
 
-    def delete_for_documents(self, document_ids: Sequence[str]) -> None:
-        """Server-side delete of points whose document_id is one of these."""
-        if not self._exists():
-            return
-        if self.scan_deletes:
-            wanted = set(document_ids)
-            self._delete_scanned(lambda p: _text(p, "document_id") in wanted)
-            return
-        for chunk in _chunks(document_ids, _DOCUMENT_BATCH):
-            self._delete(_documents_filter(chunk))
+    def delete_for_documents(self, points: Sequence[PointRef]) -> int:
+        """Delete these points if their document_id is still the one read; return how many."""
+        return self._delete_refs(points, None)
 
-    def delete_for_pairs(self, pairs: Sequence[tuple[str, str]]) -> None:
-        """Server-side delete of points matching any (session_id, document_id) pair."""
-        if not self._exists():
-            return
-        if self.scan_deletes:
-            doomed = set(pairs)
-            self._delete_scanned(
-                lambda p: (_text(p, "session_id"), _text(p, "document_id")) in doomed
-            )
-            return
-        for chunk in _chunks(pairs, _PAIR_BATCH):
-            # The must clause narrows to the chunk's documents first: a server answers it from
-            # the document_id index, and local mode skips the pair checks for other points.
-            self._delete(
-                models.Filter(
-                    must=[_documents_filter(sorted({d for _, d in chunk}))],
-                    should=[_pair_filter(s, d) for s, d in chunk],
-                )
-            )
+    def delete_points(self, points: Sequence[PointRef], created_before: float) -> int:
+        """Delete these points if their session_id/document_id are still the ones read and their
+        created_at is still a number < created_before; return how many went."""
+        return self._delete_refs(points, created_before)
+
+    def point_bytes(self) -> int:
+        """Bytes of one point's vectors (float32), from the collection's own configuration."""
+        if self._point_bytes is None:
+            with self._errors("read collection"):
+                vectors = self._client.get_collection(self.collection).config.params.vectors
+            params = vectors.values() if isinstance(vectors, dict) else [vectors]
+            self._point_bytes = sum(p.size * 4 for p in params if p is not None)
+        return self._point_bytes
 
     def upsert(self, points: Sequence[VectorPoint]) -> None:
         """Write points, waiting until they are applied."""
@@ -168,12 +153,15 @@ class QdrantVectorStore:
                         self.collection, field, field_schema=models.PayloadSchemaType.KEYWORD
                     )
 
-    def _scroll(self, page: int, payload: list[str] | bool) -> Iterator[list[models.Record]]:
+    def _scroll(
+        self, page: int, payload: list[str] | bool, scroll_filter: models.Filter | None = None
+    ) -> Iterator[list[models.Record]]:
         with self._errors("scroll"):
             offset: models.ExtendedPointId | None = None
             while True:
                 records, offset = self._client.scroll(
                     self.collection,
+                    scroll_filter=scroll_filter,
                     limit=page,
                     offset=offset,
                     with_payload=payload,
@@ -184,16 +172,55 @@ class QdrantVectorStore:
                 if offset is None:
                     return
 
-    def _delete_scanned(self, selected: Callable[[dict[str, Any]], bool]) -> None:
-        for records in self._scroll(_LOCAL_PAGE, ["session_id", "document_id"]):
-            ids = [r.id for r in records if selected(r.payload or {})]
-            if ids:
-                with self._errors("delete"):
-                    self._client.delete(
-                        self.collection,
-                        points_selector=models.PointIdsList(points=ids),
-                        wait=True,
-                    )
+    def _delete_refs(self, points: Sequence[PointRef], created_before: float | None) -> int:
+        if not points or not self._exists():
+            return 0
+        deleted = 0
+        for chunk in _chunks(points, _DELETE_BATCH):
+            if self.scan_deletes:
+                deleted += self._delete_checked(chunk, created_before)
+            else:
+                deleted += self._delete_filtered(chunk, created_before)
+        return deleted
+
+    def _delete_checked(self, points: Sequence[PointRef], created_before: float | None) -> int:
+        # Local mode: read the points back by id, keep those still as judged, delete by id (a
+        # filter would be evaluated in Python over the whole collection).
+        by_id = {p.point_id: p for p in points}
+        with self._errors("retrieve"):
+            records = self._client.retrieve(
+                self.collection, ids=list(by_id), with_payload=list(LIFECYCLE_FIELDS)
+            )
+        ids = [
+            r.id
+            for r in records
+            if _still_as_judged(r.payload or {}, by_id[str(r.id)], created_before)
+        ]
+        if ids:
+            with self._errors("delete"):
+                self._client.delete(
+                    self.collection, points_selector=models.PointIdsList(points=ids), wait=True
+                )
+        return len(ids)
+
+    def _delete_filtered(self, points: Sequence[PointRef], created_before: float | None) -> int:
+        # A server re-checks the judgement itself: only these ids, and only while their payload
+        # still says what it said when they were judged.
+        groups: dict[tuple[str | None, str], list[str]] = {}
+        for p in points:
+            groups.setdefault((p.session_id, p.document_id), []).append(p.point_id)
+        must: list[models.Condition] = []
+        if created_before is not None:
+            must.append(
+                models.FieldCondition(key="created_at", range=models.Range(lt=created_before))
+            )
+        points_filter = models.Filter(
+            must=must, should=[_group_filter(s, d, ids) for (s, d), ids in groups.items()]
+        )
+        with self._errors("count"):
+            count = self._client.count(self.collection, count_filter=points_filter, exact=True)
+        self._delete(points_filter)
+        return count.count
 
     def _delete(self, points_filter: models.Filter) -> None:
         with self._errors("delete"):
@@ -273,12 +300,30 @@ def _documents_filter(document_ids: Sequence[str]) -> models.Filter:
     )
 
 
-def _pair_filter(session_id: str, document_id: str) -> models.Filter:
-    return models.Filter(
-        must=[
-            models.FieldCondition(key="session_id", match=models.MatchValue(value=session_id)),
-            models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)),
-        ]
+def _group_filter(session_id: str | None, document_id: str, ids: list[str]) -> models.Filter:
+    conditions: list[models.Condition] = [
+        models.HasIdCondition(has_id=list(ids)),
+        models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id)),
+    ]
+    if session_id is not None:
+        conditions.append(
+            models.FieldCondition(key="session_id", match=models.MatchValue(value=session_id))
+        )
+    return models.Filter(must=conditions)
+
+
+def _still_as_judged(payload: dict[str, Any], ref: PointRef, created_before: float | None) -> bool:
+    if _text(payload, "document_id") != ref.document_id:
+        return False
+    if ref.session_id is not None and _text(payload, "session_id") != ref.session_id:
+        return False
+    if created_before is None:
+        return True
+    created = payload.get("created_at")
+    return (
+        isinstance(created, int | float)
+        and not isinstance(created, bool)
+        and created < created_before
     )
 
 

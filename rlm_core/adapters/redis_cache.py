@@ -21,6 +21,8 @@ _T = TypeVar("_T")
 
 # Check and act in one script so a key read, or given a TTL, after the SCAN survives.
 # OBJECT IDLETIME errors under an LFU maxmemory-policy: pcall skips such keys.
+# Each unlinked key is returned with its MEMORY USAGE measured just before, so the bytes a
+# report claims are the store's own figure for what actually went.
 _UNLINK_IDLE = """
 local min_idle = tonumber(ARGV[1])
 local gone = {}
@@ -28,9 +30,23 @@ for _, key in ipairs(KEYS) do
   if redis.call('TTL', key) == -1 then
     local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
     if ok and idle >= min_idle then
+      local okm, used = pcall(redis.call, 'MEMORY', 'USAGE', key)
       redis.call('UNLINK', key)
       gone[#gone + 1] = key
+      gone[#gone + 1] = (okm and used) or 0
     end
+  end
+end
+return gone
+"""
+
+_UNLINK_MEASURED = """
+local gone = {}
+for _, key in ipairs(KEYS) do
+  local okm, used = pcall(redis.call, 'MEMORY', 'USAGE', key)
+  if redis.call('UNLINK', key) == 1 then
+    gone[#gone + 1] = key
+    gone[#gone + 1] = (okm and used) or 0
   end
 end
 return gone
@@ -84,6 +100,7 @@ class RedisCacheStore:
         self._unlink_idle_script = client.register_script(_UNLINK_IDLE)
         self._expire_script = client.register_script(_EXPIRE_IF_PERSISTENT)
         self._describe_script = client.register_script(_DESCRIBE)
+        self._unlink_script = client.register_script(_UNLINK_MEASURED)
 
     def scan(self, batch_size: int, with_memory: bool = False) -> Iterator[list[CacheKey]]:
         """Stream cache keys (SCAN + pipelined TTL/IDLETIME[/MEMORY USAGE]) in batches."""
@@ -97,14 +114,25 @@ class RedisCacheStore:
             if pending:
                 yield self._describe(pending, with_memory)
 
-    def unlink_idle(self, keys: Sequence[bytes], min_idle_seconds: int) -> list[bytes]:
-        """UNLINK each key only if it still has no TTL and is idle >= min; return unlinked keys."""
+    def unlink_idle(self, keys: Sequence[bytes], min_idle_seconds: int) -> dict[bytes, int]:
+        """UNLINK each key only if it still has no TTL and is idle >= min, atomically; return
+        each unlinked key with its MEMORY USAGE just before."""
         self._require_ours(keys)
-        gone: list[bytes] = []
+        gone: dict[bytes, int] = {}
         with self._errors("UNLINK of idle keys"):
             for chunk in _chunks(keys, _WRITE_BATCH):
-                gone.extend(self._unlink_idle_script(keys=chunk, args=[min_idle_seconds]))
+                gone.update(_pairs(self._unlink_idle_script(keys=chunk, args=[min_idle_seconds])))
         return gone
+
+    def memory_usage(self, keys: Sequence[bytes]) -> dict[bytes, int]:
+        """MEMORY USAGE of each existing key (missing keys are absent)."""
+        found: dict[bytes, int] = {}
+        with self._errors("MEMORY USAGE"):
+            for chunk in _chunks(keys, _WRITE_BATCH):
+                found.update(
+                    (k.key, k.memory_bytes or 0) for k in self._describe(list(chunk), True)
+                )
+        return found
 
     def expire_if_persistent(self, items: Sequence[tuple[bytes, int]]) -> int:
         """EXPIRE each key to its seconds only if it still has no TTL; return how many were set."""
@@ -117,13 +145,15 @@ class RedisCacheStore:
                 set_count += int(self._expire_script(keys=keys, args=seconds))
         return set_count
 
-    def unlink(self, keys: Sequence[bytes]) -> int:
-        """UNLINK keys; raises NotOursError if any key is outside the cache patterns."""
+    def unlink(self, keys: Sequence[bytes]) -> dict[bytes, int]:
+        """UNLINK keys; return each key that existed with its MEMORY USAGE just before.
+
+        Raises NotOursError if any key is outside the cache patterns."""
         self._require_ours(keys)
-        removed = 0
+        removed: dict[bytes, int] = {}
         with self._errors("UNLINK"):
             for chunk in _chunks(keys, _WRITE_BATCH):
-                removed += int(self._client.unlink(*chunk))
+                removed.update(_pairs(self._unlink_script(keys=chunk)))
         return removed
 
     def existing(self, keys: Sequence[bytes]) -> list[bytes]:
@@ -295,6 +325,11 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _pairs(flat: list[object]) -> dict[bytes, int]:
+    """[key, number, key, number, ...] as a dict."""
+    return {bytes(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}  # type: ignore[call-overload]
 
 
 def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:

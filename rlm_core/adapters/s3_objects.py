@@ -14,7 +14,7 @@ from minio.error import InvalidResponseError, S3Error, ServerError
 from urllib3.exceptions import HTTPError
 
 from rlm_core.clock import to_utc
-from rlm_core.ports import ObjectInfo, StoreError
+from rlm_core.ports import MissingStoreError, ObjectInfo, StoreError
 
 DELETE_BATCH = 1000
 UNKNOWN_LENGTH_PART_SIZE = 8 * 1024 * 1024
@@ -107,6 +107,18 @@ class S3ObjectStore:
                 raise
         return True
 
+    def sizes(self, keys: Sequence[str]) -> dict[str, int]:
+        """The stored size of each existing key (one HEAD each; missing keys are absent)."""
+        found: dict[str, int] = {}
+        with self._guard("stat_object"):
+            for key in keys:
+                try:
+                    found[key] = self._client.stat_object(self.bucket, key).size or 0
+                except S3Error as exc:
+                    if exc.code != "NoSuchKey":
+                        raise
+        return found
+
     def close(self) -> None:
         """Nothing to release: the client (and its pool) belongs to the caller."""
 
@@ -124,6 +136,13 @@ class S3ObjectStore:
     def _guard(self, operation: str) -> Iterator[None]:
         try:
             yield
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                raise MissingStoreError(
+                    f"MINIO_BUCKET: bucket {self.bucket!r} does not exist on the S3 server "
+                    f"({operation}); allowed: the name of an existing bucket"
+                ) from exc
+            raise
         except _TRANSIENT as exc:
             raise StoreError(
                 f"S3 {operation} on bucket {self.bucket!r} failed: {type(exc).__name__}: {exc}"

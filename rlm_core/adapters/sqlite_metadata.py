@@ -13,8 +13,10 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from string import hexdigits
 from typing import Any
 
 from bson import ObjectId
@@ -34,75 +36,94 @@ from rlm_core.ports import (
     DuplicateDocumentError,
     MetadataStats,
     NewDocument,
+    ReferencesUnknownError,
     StoreError,
+    Touch,
 )
 
 BUSY_TIMEOUT_SECONDS = 10.0
+SCHEMA_VERSION = 2
 
-# Generated columns carry no declared type, so no affinity turns an int user_id into text:
-# comparisons then match by type as Mongo's do.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
+# `id` is the record's exact `_id` (see `row_key`): an ObjectId and a string with the same hex
+# are two records. `sid` is the string form every reference holds. A reference is a string or
+# an ObjectId ({"$oid": hex}); REF reads both. Generated columns carry no declared type, so no
+# affinity turns an int user_id into text: comparisons then match by type as Mongo's do.
+_SID = """coalesce(json_extract(body, '$._id."$oid"'), json_extract(body, '$._id'))"""
+_REF = """CASE json_type(body, '{path}') WHEN 'text' THEN json_extract(body, '{path}')
+    WHEN 'object' THEN json_extract(body, '{path}."$oid"') END"""
+_TABLES = {
+    "documents": f"""
     id TEXT PRIMARY KEY,
     body TEXT NOT NULL,
+    sid GENERATED ALWAYS AS ({_SID}) VIRTUAL,
     user_id GENERATED ALWAYS AS (json_extract(body, '$.user_id')) VIRTUAL,
     file_hash GENERATED ALWAYS AS (CASE WHEN json_type(body, '$.metadata.file_hash') = 'text'
         THEN json_extract(body, '$.metadata.file_hash') END) VIRTUAL,
     minio_bucket GENERATED ALWAYS AS (json_extract(body, '$.minio_bucket')) VIRTUAL,
     minio_key GENERATED ALWAYS AS (json_extract(body, '$.minio_key')) VIRTUAL,
-    conversation_id GENERATED ALWAYS AS (CASE WHEN json_type(body, '$.conversation_id') = 'text'
-        THEN json_extract(body, '$.conversation_id') END) VIRTUAL,
-    created_at GENERATED ALWAYS AS (json_extract(body, '$.created_at."$date"')) VIRTUAL
-);
+    conversation_id GENERATED ALWAYS AS ({_REF.format(path="$.conversation_id")}) VIRTUAL,
+    created_at GENERATED ALWAYS AS (json_extract(body, '$.created_at."$date"')) VIRTUAL""",
+    "chat_sessions": f"""
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    sid GENERATED ALWAYS AS ({_SID}) VIRTUAL,
+    updated_at GENERATED ALWAYS AS (json_extract(body, '$.updated_at."$date"')) VIRTUAL""",
+    "messages": f"""
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    chat_id GENERATED ALWAYS AS ({_REF.format(path="$.chat_id")}) VIRTUAL""",
+}
+_INDEXES = """
 CREATE UNIQUE INDEX IF NOT EXISTS documents_user_file_hash
     ON documents (user_id, file_hash) WHERE file_hash IS NOT NULL;
+CREATE INDEX IF NOT EXISTS documents_sid ON documents (sid);
 CREATE INDEX IF NOT EXISTS documents_minio_key ON documents (minio_key);
 CREATE INDEX IF NOT EXISTS documents_conversation_id ON documents (conversation_id);
 CREATE INDEX IF NOT EXISTS documents_created_at ON documents (created_at);
-CREATE TABLE IF NOT EXISTS chat_sessions (
-    id TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    updated_at GENERATED ALWAYS AS (json_extract(body, '$.updated_at."$date"')) VIRTUAL
-);
+CREATE INDEX IF NOT EXISTS chat_sessions_sid ON chat_sessions (sid);
 CREATE INDEX IF NOT EXISTS chat_sessions_updated_at ON chat_sessions (updated_at);
-CREATE TABLE IF NOT EXISTS messages (
-    id TEXT PRIMARY KEY,
-    body TEXT NOT NULL,
-    chat_id GENERATED ALWAYS AS (CASE WHEN json_type(body, '$.chat_id') = 'text'
-        THEN json_extract(body, '$.chat_id') END) VIRTUAL
-);
 CREATE INDEX IF NOT EXISTS messages_chat_id ON messages (chat_id);
 """
+# The exact key of a stored body's _id, as `row_key` computes it (for the v1 -> v2 migration).
+_KEY_SQL = """CASE WHEN json_type(body, '$._id') = 'object' THEN json_extract(body, '$._id."$oid"')
+    WHEN json_type(body, '$._id') = 'text' AND length(json_extract(body, '$._id')) = 24
+        AND json_extract(body, '$._id') NOT GLOB '*[^0-9a-fA-F]*'
+    THEN 's:' || json_extract(body, '$._id')
+    WHEN json_type(body, '$._id') = 'text' THEN json_extract(body, '$._id')
+    ELSE 'v:' || json_extract(body, '$._id') END"""
+
+_ACTIVE = "(s.updated_at >= :since OR s.updated_at IS NULL)"
+# Text leaves that name a document: the list items, doc_id fields and ObjectIds ($oid) of a
+# session's documents, attached_file_ids or a message's file_ids, lone values included.
+_NAMING = (
+    "(t.type = 'text' AND (t.key IS NULL OR t.key IN ('doc_id', '$oid')"
+    " OR typeof(t.key) = 'integer'))"
+)
+_IDS = "(SELECT value FROM json_each(:ids))"
 
 # The four reference paths of SPEC section 3, for one batch of ids (a JSON array in :ids).
-_ACTIVE_REFERENCES = """
-SELECT ref.value FROM chat_sessions s, json_each(s.body, '$.attached_file_ids') ref
-WHERE (s.updated_at >= :since OR s.updated_at IS NULL) AND ref.type = 'text'
-  AND ref.value IN (SELECT value FROM json_each(:ids))
+# Built from the constants above, never from data.
+_ACTIVE_REFERENCES = f"""
+SELECT t.value FROM chat_sessions s, json_tree(s.body, '$.attached_file_ids') t
+WHERE {_ACTIVE} AND {_NAMING} AND t.value IN {_IDS}
 UNION
-SELECT doc_id FROM (
-    SELECT CASE WHEN e.type = 'object' THEN
-                    CASE WHEN json_type(e.value, '$.doc_id') = 'text'
-                    THEN json_extract(e.value, '$.doc_id') END
-                WHEN e.key = 'doc_id' AND e.type = 'text' THEN e.value END AS doc_id
-    FROM chat_sessions s, json_each(s.body, '$.documents') e
-    WHERE (s.updated_at >= :since OR s.updated_at IS NULL))
-WHERE doc_id IN (SELECT value FROM json_each(:ids))
+SELECT t.value FROM chat_sessions s, json_tree(s.body, '$.documents') t
+WHERE {_ACTIVE} AND {_NAMING} AND t.value IN {_IDS}
 UNION
-SELECT f.value FROM chat_sessions s
-JOIN messages m ON m.chat_id = s.id
-JOIN json_each(m.body, '$.file_ids') f
-WHERE (s.updated_at >= :since OR s.updated_at IS NULL) AND f.type = 'text'
-  AND f.value IN (SELECT value FROM json_each(:ids))
+SELECT t.value FROM chat_sessions s
+JOIN messages m ON m.chat_id = s.sid
+JOIN json_tree(m.body, '$.file_ids') t
+WHERE {_ACTIVE} AND {_NAMING} AND t.value IN {_IDS}
 UNION
-SELECT d.id FROM documents d JOIN chat_sessions s ON s.id = d.conversation_id
-WHERE d.id IN (SELECT value FROM json_each(:ids)) AND (s.updated_at >= :since OR s.updated_at IS NULL)
-"""
+SELECT d.sid FROM documents d JOIN chat_sessions s ON s.sid = d.conversation_id
+WHERE d.sid IN {_IDS} AND {_ACTIVE}
+"""  # noqa: S608
 
+# SPEC 4.1 (5): a missing, empty or non-string minio_bucket names our bucket.
 _REFERENCED_KEYS = """
 SELECT DISTINCT minio_key FROM documents
 WHERE minio_key IN (SELECT value FROM json_each(:keys))
-  AND (minio_bucket = :bucket OR (minio_bucket IS NULL AND :bucket = :default_bucket))
+  AND (json_type(body, '$.minio_bucket') IS NOT 'text' OR minio_bucket IN (:bucket, ''))
   AND id NOT IN (SELECT value FROM json_each(:excluding))
 """
 
@@ -123,9 +144,20 @@ class SqliteMetadataStore:
         self.ensure_indexes()
 
     def ensure_indexes(self) -> None:
-        """Create the tables, the unique (user_id, file_hash) index and lookup indexes."""
-        with self._locked() as conn:
-            conn.executescript(_SCHEMA)
+        """Create (or migrate) the tables, the unique (user_id, file_hash) index and lookups."""
+        with self._transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for table, columns in _TABLES.items():
+                exists = conn.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).fetchone()
+                if exists and version < SCHEMA_VERSION:
+                    _migrate(conn, table, columns)
+                elif not exists:
+                    conn.execute(f"CREATE TABLE {table} ({columns})")
+            for statement in filter(str.strip, _INDEXES.split(";")):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def insert_document(self, doc: NewDocument) -> str:
         """Insert a new document; the unique index turns a same-user same-hash race into one."""
@@ -147,22 +179,31 @@ class SqliteMetadataStore:
         )
         return document_record(decode(rows[0][0])) if rows else None
 
-    def touch_document(self, doc_id: str, now: datetime) -> None:
-        """Set updated_at = now."""
-        with self._locked() as conn:
-            conn.execute(
-                "UPDATE documents SET body = json_set(body, '$.updated_at', json(?)) WHERE id = ?",
-                (encode(naive_utc(now)), doc_id),
+    def touch_document(self, doc: DocumentRecord, now: datetime) -> Touch:
+        """Set updated_at = now unless a cleanup claimed the record."""
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE documents SET body = json_set(body, '$.updated_at', json(?)) "
+                "WHERE id = ? AND json_extract(body, '$.rlm_claim') IS NULL",
+                (encode(naive_utc(now)), _doc_key(doc)),
             )
+            if cursor.rowcount:
+                return Touch.TOUCHED
+            row = conn.execute("SELECT 1 FROM documents WHERE id = ?", (_doc_key(doc),))
+            return Touch.CLAIMED if row.fetchone() else Touch.GONE
 
-    def relink_document(self, doc_id: str, minio_key: str, size_bytes: int, now: datetime) -> None:
-        """Point the document at a new object, mark it processing and touch it."""
+    def relink_document(
+        self, doc: DocumentRecord, minio_key: str, size_bytes: int, now: datetime, status: str
+    ) -> bool:
+        """Point the document at a new object, set its status, touch it, break any claim."""
         with self._locked() as conn:
-            conn.execute(
-                "UPDATE documents SET body = json_set(body, '$.minio_key', ?, '$.size_bytes', ?,"
-                " '$.status', 'processing', '$.updated_at', json(?)) WHERE id = ?",
-                (minio_key, size_bytes, encode(naive_utc(now)), doc_id),
+            cursor = conn.execute(
+                "UPDATE documents SET body = json_remove(json_set(body, '$.minio_key', ?,"
+                " '$.size_bytes', ?, '$.status', ?, '$.updated_at', json(?)),"
+                " '$.rlm_claim') WHERE id = ?",
+                (minio_key, size_bytes, status, encode(naive_utc(now)), _doc_key(doc)),
             )
+        return cursor.rowcount > 0
 
     def iter_documents(self, batch_size: int) -> Iterator[list[DocumentRecord]]:
         """Stream all documents in id order, one page query per batch (no long-held lock)."""
@@ -174,13 +215,60 @@ class SqliteMetadataStore:
             yield [document_record(decode(body)) for _, body in rows]
 
     def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentRecord]:
-        """Documents by id; missing ids are absent."""
-        found: dict[str, DocumentRecord] = {}
+        """Documents by the string form of their id; missing ids are absent."""
+        return {record.id: record for record in self.find_documents(doc_ids)}
+
+    def find_documents(self, doc_ids: Sequence[str]) -> list[DocumentRecord]:
+        """Every record whose `_id` (ObjectId or string) has one of these string forms."""
+        found: list[DocumentRecord] = []
         for batch in chunks(set(doc_ids), IN_BATCH):
-            sql = "SELECT id, body FROM documents WHERE id IN (SELECT value FROM json_each(?))"
-            for doc_id, body in self._query(sql, (json.dumps(batch),)):
-                found[doc_id] = document_record(decode(body))
+            sql = "SELECT body FROM documents WHERE sid IN (SELECT value FROM json_each(?))"
+            found.extend(
+                document_record(decode(b)) for (b,) in self._query(sql, (json.dumps(batch),))
+            )
         return found
+
+    def check_references(self) -> None:
+        """Refuse when documents exist but a reference table cannot be read."""
+        try:
+            self._query("SELECT 1 FROM chat_sessions LIMIT 1", ())
+            self._query("SELECT 1 FROM messages LIMIT 1", ())
+        except sqlite3.Error as exc:
+            raise ReferencesUnknownError(
+                f"metadata store references cannot be read ({exc}); nothing is deleted"
+            ) from exc
+
+    def claim_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
+        """Claim each record only if it is exactly as read; return those now claimed."""
+        claimed: list[DocumentRecord] = []
+        for batch in chunks(docs, IN_BATCH):
+            with self._transaction() as conn:
+                for doc in _unchanged(conn, batch):
+                    conn.execute(
+                        "UPDATE documents SET body = json_set(body, '$.rlm_claim', ?) WHERE id = ?",
+                        (run_id, _doc_key(doc)),
+                    )
+                    claimed.append(replace(doc, claim=run_id))
+        return claimed
+
+    def claimed(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
+        """Those of docs still claimed by run_id and unchanged since read."""
+        out: list[DocumentRecord] = []
+        for batch in chunks(docs, IN_BATCH):
+            with self._locked() as conn:
+                out.extend(_unchanged(conn, [replace(d, claim=run_id) for d in batch]))
+        return out
+
+    def release_claims(self, docs: Sequence[DocumentRecord], run_id: str) -> None:
+        """Drop run_id's claim on these records."""
+        for batch in chunks(docs, IN_BATCH):
+            with self._locked() as conn:
+                conn.execute(
+                    "UPDATE documents SET body = json_remove(body, '$.rlm_claim') "
+                    "WHERE id IN (SELECT value FROM json_each(?)) "
+                    "AND json_extract(body, '$.rlm_claim') = ?",
+                    (json.dumps([_doc_key(d) for d in batch]), run_id),
+                )
 
     def active_references(self, doc_ids: Sequence[str], active_since: datetime) -> set[str]:
         """Those of doc_ids referenced by an active session along any of the four paths."""
@@ -192,16 +280,18 @@ class SqliteMetadataStore:
         return found
 
     def active_sessions(self, session_ids: Sequence[str], active_since: datetime) -> set[str]:
-        """Those of session_ids whose updated_at >= active_since, or is not a date at all (a
-        session whose activity cannot be read is taken as active: it protects, never dooms)."""
+        """Those of session_ids (string forms) whose updated_at >= active_since, or is not a date
+        at all (a session whose activity cannot be read is taken as active: it protects)."""
         sql = (
-            "SELECT id FROM chat_sessions WHERE id IN (SELECT value FROM json_each(?)) "
-            "AND (updated_at >= ? OR updated_at IS NULL)"
+            "SELECT sid FROM chat_sessions s WHERE sid IN (SELECT value FROM json_each(:ids)) "
+            "AND (s.updated_at >= :since OR s.updated_at IS NULL)"
         )
         since = _iso(active_since)
         found: set[str] = set()
         for batch in chunks(set(session_ids), IN_BATCH):
-            found.update(row[0] for row in self._query(sql, (json.dumps(batch), since)))
+            found.update(
+                row[0] for row in self._query(sql, {"ids": json.dumps(batch), "since": since})
+            )
         return found
 
     def unreadable_sessions(self) -> int:
@@ -210,32 +300,28 @@ class SqliteMetadataStore:
         return int(rows[0][0])
 
     def referenced_object_keys(
-        self, bucket: str, keys: Sequence[str], excluding: Sequence[str] = ()
+        self, bucket: str, keys: Sequence[str], excluding: Sequence[DocumentRecord] = ()
     ) -> set[str]:
-        """Those of keys some document names in this bucket (no bucket = the default bucket),
-        leaving out the documents whose ids are in `excluding`."""
+        """Those of keys some document names in this bucket (a missing, empty or non-string
+        bucket names ours), leaving out the records in `excluding`."""
         found: set[str] = set()
         for batch in chunks(set(keys), KEY_BATCH):
             params = {
                 "keys": json.dumps(batch),
                 "bucket": bucket,
-                "default_bucket": self._default_bucket,
-                # Only string ids: a JSON null in a NOT IN list would exclude every row.
-                "excluding": json.dumps([i for i in excluding if isinstance(i, str)]),
+                "excluding": json.dumps([_doc_key(d) for d in excluding]),
             }
             found.update(row[0] for row in self._query(_REFERENCED_KEYS, params))
         return found
 
-    def delete_documents(self, doc_ids: Sequence[str]) -> int:
-        """Delete documents by id; return how many went."""
+    def delete_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> int:
+        """Delete exactly these records, each only if still claimed by run_id and as read."""
         deleted = 0
-        for batch in chunks(set(doc_ids), IN_BATCH):
-            with self._locked() as conn:
-                cursor = conn.execute(
-                    "DELETE FROM documents WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(batch),),
-                )
-                deleted += cursor.rowcount
+        for batch in chunks(docs, IN_BATCH):
+            with self._transaction() as conn:
+                for doc in _unchanged(conn, [replace(d, claim=run_id) for d in batch]):
+                    conn.execute("DELETE FROM documents WHERE id = ?", (_doc_key(doc),))
+                    deleted += 1
         return deleted
 
     def stats(self) -> MetadataStats:
@@ -301,8 +387,47 @@ def decode(text: str) -> Any:
     return json.loads(text, object_hook=_restore)
 
 
+def row_key(value: Any) -> str:
+    """The exact key of an `_id`: an ObjectId's hex, a string as is, except that a string that
+    looks like an ObjectId is marked `s:` (it is a different record from the ObjectId)."""
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, str):
+        looks_like_oid = len(value) == 24 and all(c in hexdigits for c in value)
+        return f"s:{value}" if looks_like_oid else value
+    return f"v:{encode(value)}"
+
+
+def _doc_key(doc: DocumentRecord) -> str:
+    return doc.id if doc.oid else row_key(doc.id)
+
+
 def _row(doc: dict[str, Any]) -> tuple[str, str]:
-    return str(doc["_id"]), encode(doc)
+    return row_key(doc["_id"]), encode(doc)
+
+
+def _unchanged(conn: sqlite3.Connection, docs: Sequence[DocumentRecord]) -> list[DocumentRecord]:
+    """Those of docs whose stored record still has the `_id` form, updated_at, status,
+    minio_key and claim they were read with."""
+    out = []
+    for doc in docs:
+        row = conn.execute("SELECT body FROM documents WHERE id = ?", (_doc_key(doc),)).fetchone()
+        if row is None:
+            continue
+        now = document_record(decode(row[0]))
+        same = (now.oid, now.updated_at, now.status, now.minio_key, now.claim)
+        if same == (doc.oid, doc.updated_at, doc.status, doc.minio_key, doc.claim):
+            out.append(doc)
+    return out
+
+
+def _migrate(conn: sqlite3.Connection, table: str, columns: str) -> None:
+    """v1 keyed records by str(_id); v2 keys them by their exact `_id` and adds `sid`."""
+    # Table names and columns come from the fixed _TABLES above, never from data.
+    conn.execute(f"CREATE TABLE {table}_v2 ({columns})")
+    conn.execute(f"INSERT INTO {table}_v2 (id, body) SELECT {_KEY_SQL}, body FROM {table}")  # noqa: S608
+    conn.execute(f"DROP TABLE {table}")
+    conn.execute(f"ALTER TABLE {table}_v2 RENAME TO {table}")
 
 
 def _iso(value: datetime) -> str:

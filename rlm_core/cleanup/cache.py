@@ -16,6 +16,8 @@ def sweep_cache(sweep: Sweep) -> None:
         unlink: list[CacheKey] = []
         expire: list[tuple[bytes, int]] = []
         for key in batch:
+            if sweep.dry_run and key.key in sweep.planned.cache_keys:
+                continue  # the cascade of this dry run counted it already
             action, seconds = cache_action(key, ttl_seconds)
             if action is CacheAction.UNLINK:
                 unlink.append(key)
@@ -28,14 +30,16 @@ def sweep_cache(sweep: Sweep) -> None:
 def _unlink(sweep: Sweep, keys: list[CacheKey], ttl_seconds: int) -> None:
     if not keys:
         return
-    sweep.audit.record([_entry(key, ttl_seconds) for key in keys])
+    cache = sweep.stores.cache()
+    memory = cache.memory_usage([k.key for k in keys])
+    sweep.audit.record([_entry(key, memory.get(key.key, 0), ttl_seconds) for key in keys])
     if sweep.dry_run:
-        sweep.report.add_deleted("redis", len(keys))
+        sweep.report.add_deleted("redis", len(memory), sum(memory.values()))
         return
     # The script re-checks TTL and idleness atomically, so a key read or given a TTL since the
-    # scan is kept.
-    gone = sweep.stores.cache().unlink_idle([k.key for k in keys], ttl_seconds)
-    sweep.report.add_deleted("redis", len(gone))
+    # scan is kept; it returns the memory of each key it unlinked.
+    gone = cache.unlink_idle([k.key for k in keys], ttl_seconds)
+    sweep.report.add_deleted("redis", len(gone), sum(gone.values()))
 
 
 def _repair(sweep: Sweep, items: list[tuple[bytes, int]]) -> None:
@@ -47,11 +51,11 @@ def _repair(sweep: Sweep, items: list[tuple[bytes, int]]) -> None:
     sweep.report.repaired += sweep.stores.cache().expire_if_persistent(items)
 
 
-def _entry(key: CacheKey, ttl_seconds: int) -> AuditEntry:
+def _entry(key: CacheKey, memory: int, ttl_seconds: int) -> AuditEntry:
     return AuditEntry(
         store="redis",
         action="unlink",
         target=key.key.decode("utf-8", "backslashreplace"),
-        size_bytes=key.memory_bytes or 0,
+        size_bytes=memory,
         reason=f"no TTL and idle {key.idle_seconds}s >= REDIS_CACHE_TTL ({ttl_seconds}s)",
     )

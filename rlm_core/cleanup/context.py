@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol, TypeVar
 
@@ -17,10 +17,23 @@ T = TypeVar("T")
 
 
 class Budget:
-    """The optional cap on deletions per run; each audit entry costs one."""
+    """The optional cap on deletions per run, in items: points, keys, objects and records."""
 
     def __init__(self, limit: int | None) -> None:
         self.remaining = limit
+
+    def take(self, cost: int) -> bool:
+        """Spend `cost` only if all of it fits (a document's cascade goes whole or not at all)."""
+        if self.remaining is not None:
+            if cost > self.remaining:
+                return False
+            self.remaining -= cost
+        return True
+
+    def refund(self, count: int) -> None:
+        """Give back what was taken for deletions that will not happen."""
+        if self.remaining is not None:
+            self.remaining += count
 
     def grant(self, wanted: int) -> int:
         """How many of `wanted` deletions may go ahead."""
@@ -57,6 +70,16 @@ class StoreSet(Protocol):
 
 
 @dataclass
+class Planned:
+    """What earlier steps of a dry run counted as gone, so later steps do not count it again
+    (a real run's later steps never see it: the cascade deleted it)."""
+
+    documents: set[tuple[str, bool]] = field(default_factory=set)
+    points: set[str] = field(default_factory=set)
+    cache_keys: set[bytes] = field(default_factory=set)
+
+
+@dataclass
 class Sweep:
     """Everything a sweep needs: stores, the rules' cut-offs, the audit, the cap, the report."""
 
@@ -66,12 +89,10 @@ class Sweep:
     audit: AuditLog
     budget: Budget
     report: CleanupReport
+    run_id: str
+    dry_run: bool
     metadata_populated: bool = True
-
-    @property
-    def dry_run(self) -> bool:
-        """Report what would go; change nothing."""
-        return self.report.dry_run
+    planned: Planned = field(default_factory=Planned)
 
     def granted(self, items: Sequence[T]) -> list[T]:
         """The prefix of `items` the cap allows; marks the report capped if it cut any."""

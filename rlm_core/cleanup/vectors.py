@@ -1,125 +1,116 @@
-"""Qdrant sweep: points of vanished documents, and of inactive sessions nobody active uses."""
+"""Qdrant sweep: points of vanished documents, and of inactive sessions nobody active uses.
+
+Page by page: a page's old, well-formed points are judged against their documents and
+sessions read right then, audited, and deleted by a request that names each point and carries
+the created_at bound, so a point written or changed since it was read is never taken. Memory is
+one page, whatever the collection's size.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
+from collections import defaultdict
 
 from rlm_core.audit import AuditEntry
-from rlm_core.cleanup.context import Sweep, chunked
-from rlm_core.policy import is_upload_session, parse_point
+from rlm_core.cleanup.context import Sweep
+from rlm_core.policy import PointEvidence, PointVerdict, is_upload_session, point_evidence
+from rlm_core.ports import PointInfo, PointRef
 
-Pair = tuple[str, str]
-_Query = Callable[[list[str]], set[str]]
-
-
-@dataclass
-class _Group:
-    """Points of one (session_id, document_id) pair."""
-
-    count: int
-    newest: datetime
-
-
-@dataclass(frozen=True)
-class _Doomed:
-    pair: Pair
-    count: int
-    reason: str
+GONE = "document no longer exists"
+INACTIVE = (
+    "session inactive past RAG_SESSION_TTL_HOURS and no active session references the document"
+)
+_REFUSAL = (
+    "qdrant: refusing to treat points as orphans because the metadata store holds no "
+    "documents (check MONGODB_URL, MONGODB_DATABASE and RLM_DOCUMENTS_COLLECTION)"
+)
 
 
 def sweep_vectors(sweep: Sweep) -> None:
-    """Scroll payloads into per-pair groups, read references after, delete by filter."""
-    groups = _scan_groups(sweep)
-    if not groups:
-        return
-    doomed = sweep.granted(_doomed_pairs(sweep, groups))
-    if not doomed:
-        return
-    vector_bytes = sweep.settings.qdrant_vector_size * 4
-    sweep.audit.record([_entry(d, vector_bytes) for d in doomed])
-    if not sweep.dry_run:
-        # One call: the adapter batches its filters (server) or makes one pass (local mode).
-        sweep.stores.vectors().delete_for_pairs([d.pair for d in doomed])
-    sweep.report.add_deleted("qdrant", sum(d.count for d in doomed))
+    """Judge each page of points on positive evidence only; delete the doomed, page by page."""
+    vectors = sweep.stores.vectors()
+    for page in vectors.iter_points(sweep.settings.batch_size):
+        old = _old_points(sweep, page)
+        doomed = _doomed(sweep, old) if old else []
+        if doomed is None:
+            return
+        granted = sweep.granted(doomed)
+        if granted:
+            _delete(sweep, granted)
+        if sweep.budget.exhausted:
+            sweep.report.capped = True
+            return
 
 
-def _scan_groups(sweep: Sweep) -> dict[Pair, _Group]:
-    # Memory grows with distinct (session, document) pairs, not with points.
-    groups: dict[Pair, _Group] = {}
-    for batch in sweep.stores.vectors().iter_points(sweep.settings.batch_size):
-        for point in batch:
-            parsed = parse_point(point)
-            if parsed is None:
-                sweep.report.add_unknown("qdrant")
-                continue
-            pair = (parsed.session_id, parsed.document_id)
-            group = groups.get(pair)
-            if group is None:
-                groups[pair] = _Group(1, parsed.created_at)
-            else:
-                group.count += 1
-                group.newest = max(group.newest, parsed.created_at)
-    return groups
+def _old_points(sweep: Sweep, page: list[PointInfo]) -> list[PointEvidence]:
+    old: list[PointEvidence] = []
+    for point in page:
+        if sweep.dry_run and point.point_id in sweep.planned.points:
+            continue  # the cascade of this dry run counted it already
+        verdict, evidence = point_evidence(point, sweep.retention.active_since)
+        if verdict is PointVerdict.UNKNOWN:
+            sweep.report.add_unknown("qdrant")
+        elif evidence is not None:
+            old.append(evidence)
+    return old
 
 
-def _doomed_pairs(sweep: Sweep, groups: dict[Pair, _Group]) -> list[_Doomed]:
-    # Points younger than the session TTL are never swept: the session or document record
-    # that owns them may not be written yet.
-    old = {pair: g for pair, g in groups.items() if g.newest < sweep.retention.active_since}
-    if not old:
-        return []
-    metadata = sweep.stores.metadata()
-    doc_ids = sorted({doc for _, doc in old})
-    existing = _existing_documents(sweep, doc_ids)
+def _doomed(sweep: Sweep, old: list[PointEvidence]) -> list[tuple[PointEvidence, str]] | None:
+    """Each doomed point with its reason; None when the sweep must stop (misconfiguration)."""
+    existing = _existing_documents(sweep, sorted({p.document_id for p in old}))
     if not existing and not sweep.metadata_populated:
-        sweep.report.errors.append(
-            "qdrant: refusing to treat points as orphans because the metadata store holds no "
-            "documents (check MONGODB_URL, MONGODB_DATABASE and RLM_DOCUMENTS_COLLECTION)"
-        )
-        return []
-    since = sweep.retention.active_since
-    sessions = sorted({s for s, d in old if not is_upload_session(s, d)})
-    active = _batched(sessions, lambda b: metadata.active_sessions(b, since), sweep)
-    referenced = _batched(sorted(existing), lambda b: metadata.active_references(b, since), sweep)
-    return [
-        _Doomed(pair, group.count, reason)
-        for pair, group in sorted(old.items())
-        if (reason := _reason(pair, existing, active, referenced))
+        if _REFUSAL not in sweep.report.errors:
+            sweep.report.errors.append(_REFUSAL)
+        return None
+    doomed = [(p, GONE) for p in old if p.document_id not in existing]
+    judged = [p for p in old if p.document_id in existing]
+    for point in judged:
+        if point.session_id is None:
+            sweep.report.add_unknown("qdrant")  # the session rule needs a session_id
+    judged = [
+        p
+        for p in judged
+        if p.session_id is not None and not is_upload_session(p.session_id, p.document_id)
     ]
-
-
-def _reason(pair: Pair, existing: set[str], active: set[str], referenced: set[str]) -> str:
-    session, doc = pair
-    if doc not in existing:
-        return "document no longer exists"
-    if is_upload_session(session, doc) or session in active or doc in referenced:
-        return ""
-    return (
-        "session inactive past RAG_SESSION_TTL_HOURS and no active session references the document"
-    )
+    if judged:
+        doomed += [(p, INACTIVE) for p in _unprotected(sweep, judged)]
+    return doomed
 
 
 def _existing_documents(sweep: Sweep, doc_ids: list[str]) -> set[str]:
-    metadata = sweep.stores.metadata()
-    return _batched(doc_ids, lambda b: set(metadata.get_documents(b)), sweep)
+    # In a dry run the documents its cascade would have deleted count as gone already.
+    records = sweep.stores.metadata().find_documents(doc_ids)
+    return {r.id for r in records if r.identity not in sweep.planned.documents}
 
 
-def _batched(items: Iterable[str], query: _Query, sweep: Sweep) -> set[str]:
-    found: set[str] = set()
-    for batch in chunked(items, sweep.settings.batch_size):
-        found |= query(batch)
-    return found
+def _unprotected(sweep: Sweep, points: list[PointEvidence]) -> list[PointEvidence]:
+    metadata, since = sweep.stores.metadata(), sweep.retention.active_since
+    active = metadata.active_sessions(sorted({p.session_id for p in points if p.session_id}), since)
+    referenced = metadata.active_references(sorted({p.document_id for p in points}), since)
+    return [p for p in points if p.session_id not in active and p.document_id not in referenced]
 
 
-def _entry(doomed: _Doomed, vector_bytes: int) -> AuditEntry:
-    session, doc = doomed.pair
+def _delete(sweep: Sweep, doomed: list[tuple[PointEvidence, str]]) -> None:
+    vectors = sweep.stores.vectors()
+    point_bytes = vectors.point_bytes()
+    groups: dict[tuple[str | None, str, str], list[str]] = defaultdict(list)
+    for point, reason in doomed:
+        groups[(point.session_id, point.document_id, reason)].append(point.point_id)
+    sweep.audit.record([_entry(key, ids, point_bytes) for key, ids in groups.items()])
+    if sweep.dry_run:
+        deleted = len(doomed)
+    else:
+        refs = [PointRef(p.point_id, p.session_id, p.document_id) for p, _ in doomed]
+        deleted = vectors.delete_points(refs, sweep.retention.active_since.timestamp())
+    sweep.report.add_deleted("qdrant", deleted, deleted * point_bytes)
+
+
+def _entry(key: tuple[str | None, str, str], ids: list[str], point_bytes: int) -> AuditEntry:
+    session, doc, reason = key
     return AuditEntry(
         store="qdrant",
         action="delete_points",
         target=f"session_id={session} document_id={doc}",
-        size_bytes=doomed.count * vector_bytes,
-        reason=doomed.reason,
-        extra={"points": doomed.count, "session_id": session, "document_id": doc},
+        size_bytes=len(ids) * point_bytes,
+        reason=reason,
+        extra={"points": len(ids), "point_ids": ids, "session_id": session, "document_id": doc},
     )

@@ -18,6 +18,12 @@ from tests.lifecycle.conftest import raw_redis
 from tests.lifecycle.world import World, snapshot
 
 DAY = timedelta(days=1)
+
+
+def points_of(vectors: Any, doc_ids: Sequence[str]) -> int:
+    """How many points name one of these documents."""
+    return sum(len(ids) for ids in vectors.points_for_documents(list(doc_ids)).values())
+
 HOUR = timedelta(hours=1)
 
 
@@ -70,7 +76,7 @@ def test_document_expiry_cascades_and_leaves_no_orphan(
     docs = manager.stores.metadata().get_documents([old, young])
     assert set(docs) == {young}
     assert report.deleted_counts == {"redis": 1, "qdrant": 3, "minio": 1, "mongodb": 1}
-    assert manager.stores.vectors().count_for_documents([old]) == 0
+    assert points_of(manager.stores.vectors(), [old]) == 0
     assert manager.stores.cache().existing([f"doc:text:{old}".encode()]) == []
     keys = {o.key for o in manager.stores.objects().iter_objects()}
     assert keys == {docs[young].minio_key}
@@ -144,10 +150,10 @@ def test_qdrant_rules(manager: LifecycleManager, world: World) -> None:
     _bad_payloads(manager)
     report = manager.cleanup(ResourceType.QDRANT_VECTORS)
     vectors = manager.stores.vectors()
-    assert vectors.count_for_documents(["gone-doc"]) == 0
-    assert vectors.count_for_documents([doc_in_stale]) == 0
-    assert vectors.count_for_documents([shared]) == 6
-    assert vectors.count_for_documents([live_upload]) == 3
+    assert points_of(vectors, ["gone-doc"]) == 0
+    assert points_of(vectors, [doc_in_stale]) == 0
+    assert points_of(vectors, [shared]) == 6
+    assert points_of(vectors, [live_upload]) == 3
     assert report.unknown["qdrant"] == 3
     assert vectors.count() == 6 + 3 + 3 + 3
 
@@ -273,8 +279,10 @@ def test_max_deletions_caps_a_run_and_the_next_run_finishes(
     manager: LifecycleManager, world: World
 ) -> None:
     docs = [world.document(age=30 * DAY) for _ in range(5)]
-    first = manager.cleanup(ResourceType.MONGODB_METADATA, max_deletions=2)
+    # The cap counts items: each cascade here is 3 points, 1 key, 1 object and 1 record.
+    first = manager.cleanup(ResourceType.MONGODB_METADATA, max_deletions=13)
     assert first.capped and first.deleted_counts["mongodb"] == 2
+    assert first.total_deleted == 12
     second = manager.cleanup(ResourceType.MONGODB_METADATA)
     assert second.deleted_counts["mongodb"] == 3
     assert manager.stores.metadata().get_documents(docs) == {}
@@ -304,7 +312,7 @@ def test_empty_metadata_store_refuses_orphan_sweeps(
     assert not report.success
     assert any("metadata store holds no documents" in e for e in report.errors)
     assert orphan in {o.key for o in manager.stores.objects().iter_objects()}
-    assert manager.stores.vectors().count_for_documents(["doc-x"]) == 3
+    assert points_of(manager.stores.vectors(), ["doc-x"]) == 3
 
 
 def test_a_dedup_touch_during_the_expiry_batch_keeps_the_document(
@@ -331,4 +339,4 @@ def test_a_dedup_touch_during_the_expiry_batch_keeps_the_document(
     doc = manager.stores.metadata().get_documents([doc_id])[doc_id]
     assert report.deleted_counts["mongodb"] == 0
     assert doc.minio_key in {o.key for o in manager.stores.objects().iter_objects()}
-    assert manager.stores.vectors().count_for_documents([doc_id]) == 3
+    assert points_of(manager.stores.vectors(), [doc_id]) == 3
