@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from rlm_core.audit import AuditLog
 from rlm_core.cleanup.cache import sweep_cache
-from rlm_core.cleanup.context import Budget, Sweep
+from rlm_core.cleanup.context import Budget, Leases, Sweep
 from rlm_core.cleanup.documents import expire_documents
 from rlm_core.cleanup.objects import sweep_orphan_objects
 from rlm_core.cleanup.vectors import sweep_vectors
@@ -40,6 +40,14 @@ PLANS: dict[ResourceType | None, tuple[_Step, ...]] = {
     ResourceType.MINIO_FILES: (expire_documents, sweep_orphan_objects),
     ResourceType.MONGODB_METADATA: (expire_documents,),
     None: (expire_documents, sweep_cache, sweep_vectors, sweep_orphan_objects),
+}
+
+# The stores each step deletes from: a run leases them all before it starts.
+STEP_LEASES: dict[_Step, tuple[str, ...]] = {
+    expire_documents: ("redis", "qdrant", "minio", "mongodb"),
+    sweep_cache: ("redis",),
+    sweep_vectors: ("qdrant",),
+    sweep_orphan_objects: ("minio",),
 }
 
 # Steps that judge items by references: they refuse when references cannot be read.
@@ -131,6 +139,8 @@ class LifecycleManager:
         sweep = self._sweep(run_id or uuid.uuid4().hex, dry_run, cap)
         steps = PLANS[resource_type]
         try:
+            if not dry_run and not self._lease(sweep, steps):
+                return sweep.report
             if REFERENCE_STEPS & set(steps) and not self._references_readable(sweep):
                 return sweep.report
             if {sweep_vectors, sweep_orphan_objects} & set(steps):
@@ -141,7 +151,33 @@ class LifecycleManager:
                 self._run_step(step, sweep)
         finally:
             sweep.audit.close()
+            if sweep.leases is not None:
+                self._release(sweep.leases, sweep)
         return sweep.report
+
+    def _lease(self, sweep: Sweep, steps: tuple[_Step, ...]) -> bool:
+        names = {store for step in steps for store in STEP_LEASES[step]}
+        leases = Leases(self.stores.metadata(), names, sweep.run_id, self.clock.now)
+        try:
+            busy = leases.acquire()
+        except StoreError as exc:
+            if set(steps) == {sweep_cache}:
+                # Leases live in the metadata store; a Redis sweep needs no other store, and
+                # its atomic check-and-unlink never counts a key two runs both saw.
+                return True
+            sweep.report.errors.append(f"mongodb: cannot take the cleanup lease: {exc}")
+            return False
+        if busy is not None:
+            sweep.report.errors.append(busy)
+            return False
+        sweep.leases = leases
+        return True
+
+    def _release(self, leases: Leases, sweep: Sweep) -> None:
+        try:
+            leases.release()
+        except StoreError as exc:
+            sweep.report.errors.append(f"mongodb: lease not released (it expires): {exc}")
 
     def _references_readable(self, sweep: Sweep) -> bool:
         # SPEC 4.1 (2): with a reference source missing or unreadable, every document would look

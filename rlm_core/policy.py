@@ -130,10 +130,32 @@ def point_evidence(
         return PointVerdict.UNKNOWN, None
     if not math.isfinite(created) or not (isinstance(document, str) and document):
         return PointVerdict.UNKNOWN, None
+    if not _is_date(created):
+        return PointVerdict.UNKNOWN, None  # a number, but no instant (e.g. -1e300)
     if created >= active_since.timestamp():
         return PointVerdict.YOUNG, None
     session = point.session_id if isinstance(point.session_id, str) and point.session_id else None
     return PointVerdict.OLD, PointEvidence(point.point_id, document, session)
+
+
+def _is_date(timestamp: float) -> bool:
+    try:
+        datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return False
+    return True
+
+
+def object_key_problem(key: str) -> str | None:
+    """Why an object key cannot be deleted safely by name, or None (SPEC 10: never touch what
+    is not ours; a `..` segment or a leading slash may name something outside the bucket)."""
+    if not key:
+        return "an empty key"
+    if key.startswith("/") or any(part in {".", ".."} for part in key.split("/")):
+        return f"{key!r} has a '.', '..' or leading '/' segment"
+    if any(ord(c) < 32 or c == "\x7f" for c in key):
+        return f"{key!r} has a control character"
+    return None
 
 
 def is_upload_session(session_id: str, document_id: str) -> bool:

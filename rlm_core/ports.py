@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol
 
 
@@ -379,6 +379,15 @@ class MetadataStore(Protocol):
     def delete_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> int:
         """Delete exactly these records, each only if still claimed by run_id and unchanged
         since read; return how many went."""
+        ...
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:
+        """Take (or renew) the named lease until now + ttl; None on success, else the current
+        holder (a lease whose time ran out is taken over)."""
+        ...
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease back if this holder has it."""
         ...
 
     def stats(self) -> MetadataStats:

@@ -8,7 +8,7 @@ import mimetypes
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import dagster as dg
 
@@ -16,7 +16,7 @@ from rlm_core.demo import seed_demo
 from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.ports import StoreError
-from rlm_core.settings import Settings, SettingsError
+from rlm_core.settings import MAX_COUNT, Settings, SettingsError
 from rlm_dagster import dev
 from rlm_dagster.home import ensure_dagster_home
 from rlm_dagster.jobs import CLEANUP_OP, cleanup_run_config
@@ -39,9 +39,19 @@ def _resource_type(raw: str) -> ResourceType:
 
 
 def _positive_int(raw: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
-        raise argparse.ArgumentTypeError(f"{raw!r} is not valid; allowed: a whole number > 0")
+    # ASCII digits only ('²'.isdigit() is true, yet int() refuses it); the length check keeps
+    # int() far below its digit limit.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20 and 0 < int(raw) <= MAX_COUNT):
+        raise argparse.ArgumentTypeError(
+            f"{raw!r} is not valid; allowed: a whole number > 0 and <= {MAX_COUNT}"
+        )
     return int(raw)
+
+
+def _user_id(raw: str) -> str:
+    if not raw.strip():
+        raise argparse.ArgumentTypeError(f"{raw!r} is not valid; allowed: a non-empty user id")
+    return raw
 
 
 def measure_all(manager: LifecycleManager) -> dict[str, Any]:
@@ -87,7 +97,8 @@ def cleanup_response(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
 
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     """Run cleanup_job in this process, recorded in the Dagster instance, and print the response."""
-    ensure_dagster_home(settings)
+    if not _instance_home_ready(settings):
+        return 2
     job = build_definitions(settings).get_job_def(CLEANUP_JOB)
     with dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
@@ -103,9 +114,23 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if response["success"] else 1
 
 
+def _instance_home_ready(settings: Settings) -> bool:
+    # Dagster's own refusal of a missing DAGSTER_HOME is a traceback.
+    home = ensure_dagster_home(settings)
+    if home.is_dir():
+        return True
+    print(
+        f"rlm: DAGSTER_HOME={str(home)!r} is not valid; allowed: an existing folder, "
+        "or unset to use <RLM_DATA_DIR>/dagster-home",
+        file=sys.stderr,
+    )
+    return False
+
+
 def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
     """Print the seed's queue JSON from the instance's QUEUED cleanup_job runs."""
-    ensure_dagster_home(settings)
+    if not _instance_home_ready(settings):
+        return 2
     with dg.DagsterInstance.get() as instance:
         _print(queue_json(queued_cleanup_runs(instance)))
     return 0
@@ -114,12 +139,20 @@ def cmd_queue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
     """Upload one file for a user through per-user SHA-256 deduplication."""
     path = Path(args.file)
-    if not path.is_file():
-        print(f"rlm ingest: {path} is not a readable file", file=sys.stderr)
+    stream = _open_file(path)
+    if stream is None:
+        print(
+            f"rlm ingest: FILE={args.file!r} is not valid; allowed: the path of a readable file",
+            file=sys.stderr,
+        )
         return 2
     content_type = mimetypes.guess_type(path.name)[0]
-    with LifecycleManager.from_settings(settings) as manager, path.open("rb") as stream:
-        result = manager.ingest(args.user, path.name, stream, content_type)
+    with stream, LifecycleManager.from_settings(settings) as manager:
+        try:
+            result = manager.ingest(args.user, path.name, stream, content_type)
+        except ValueError as exc:  # the core refuses a user id or file name: input, not a bug
+            print(f"rlm ingest: {exc}", file=sys.stderr)
+            return 2
     _print(
         {
             "document_id": result.document_id,
@@ -129,6 +162,14 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> int:
         }
     )
     return 0
+
+
+def _open_file(path: Path) -> BinaryIO | None:
+    # Opened before any store, so a wrong path costs no connection and leaves nothing behind.
+    try:
+        return path.open("rb") if path.is_file() else None
+    except OSError:
+        return None
 
 
 def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,7 +216,7 @@ def _add_cleanup(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 def _add_ingest_and_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ingest = sub.add_parser("ingest", help="upload a file with per-user deduplication")
-    ingest.add_argument("--user", required=True, help="the uploading user's id")
+    ingest.add_argument("--user", required=True, type=_user_id, help="the uploading user's id")
     ingest.add_argument("file", help="path of the file to upload")
     ingest.set_defaults(handler=cmd_ingest)
     demo = sub.add_parser("demo", help="demo data").add_subparsers(dest="demo", required=True)
@@ -206,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `rlm`; configuration errors exit 2 with the message and no traceback."""
+    """Entry point of `rlm`: bad input or configuration exits 2, a failing store 1, no traceback."""
     args = build_parser().parse_args(argv)
     handler: Handler = args.handler
     try:
@@ -215,5 +256,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rlm: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"rlm: a store is unavailable: {exc}", file=sys.stderr)
+        print(f"rlm: a store failed: {exc}", file=sys.stderr)
         return 1

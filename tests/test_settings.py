@@ -126,6 +126,114 @@ PROFILE_NAMES = [
     ("RLM_RETENTION_PROFILE", "High-Rotation", "high-rotation, long-term, development"),
     ("RLM_RETENTION_PROFILE", "dev", "high-rotation, long-term, development"),
 ]
+# Upper bounds keep every date computation, count and timeout in range (SPEC 4.1 item 10).
+BOUNDS = [
+    ("FILES_TTL_DAYS", "36501", "<= 36500"),
+    ("FILES_TTL_DAYS", "1000000", "<= 36500"),
+    ("FILES_TTL_DAYS", "1e999", "<= 36500"),
+    ("RAG_SESSION_TTL_HOURS", "1e9", "<= 876000"),
+    ("RAG_SESSION_TTL_HOURS", "876000.5", "<= 876000"),
+    ("REDIS_CACHE_TTL_HOURS", "876001", "<= 876000"),
+    ("REDIS_CACHE_TTL_HOURS", "NaN", "finite number"),
+    ("MAX_REDIS_MEMORY_MB", "1e10", "<= 1000000000"),
+    ("MAX_MINIO_STORAGE_GB", "1e308", "<= 1000000000"),
+    ("MAX_QDRANT_POINTS", "1" + "0" * 30, "<= 1000000000000000"),
+    ("MAX_MONGODB_DOCUMENTS", str(2**63), "<= 1000000000000000"),
+    ("RLM_MAX_DELETIONS_PER_RUN", str(2**64), "<= 1000000000000000"),
+    ("REDIS_CLEANUP_INTERVAL_SECONDS", "604801", "<= 604800"),
+    ("QDRANT_CLEANUP_INTERVAL_SECONDS", str(10**20), "<= 604800"),
+    ("MINIO_CLEANUP_INTERVAL_SECONDS", "31536000", "<= 604800"),
+    ("RESOURCE_MONITORING_INTERVAL_SECONDS", "9" * 5000, "<= 604800"),
+    ("QDRANT_VECTOR_SIZE", "65537", "<= 65536"),
+    ("RLM_STORE_TIMEOUT_SECONDS", "1e12", "<= 3600"),
+    ("RLM_EMBEDDED_LOCK_WAIT_SECONDS", "inf", "<= 86400"),
+]
+BUCKET_RULES = "S3 bucket name"
+BUCKETS = [
+    ("MINIO_BUCKET", raw, BUCKET_RULES)
+    for raw in (
+        "My_Docs",
+        "Documents",
+        "docs_2024",
+        "a",
+        "ab",
+        "..",
+        "a" * 64,
+        "-docs",
+        "docs-",
+        ".docs",
+        "docs.",
+        "a..b",
+        "a.-b",
+        "192.168.1.1",
+        "xn--docs",
+        "docs-s3alias",
+        "docs--ol-s3",
+        "$docs",
+    )
+]
+MONGO_DATABASES = [
+    ("MONGODB_DATABASE", raw, "MongoDB database name of 1-63 bytes")
+    for raw in (
+        "rag.x",
+        "ra$g",
+        'ra"g',
+        "rag*",
+        "r<a>g",
+        "rag:1",
+        "r|g",
+        "rag?",
+        "ra\\g",
+        "ra\x00g",
+        "d" * 64,
+        "é" * 32,  # 32 characters but 64 bytes
+    )
+]
+COLLECTIONS = [
+    (variable, raw, allowed)
+    for variable in (
+        "RLM_DOCUMENTS_COLLECTION",
+        "RLM_SESSIONS_COLLECTION",
+        "RLM_MESSAGES_COLLECTION",
+    )
+    for raw, allowed in (
+        ("system.users", "not starting with 'system.'"),
+        ("docs$x", "MongoDB collection name"),
+        ("c\x00", "MongoDB collection name"),
+        ("c" * 252, "at most 255 bytes"),  # 'rag.' + 252 = 256 bytes
+    )
+]
+PORTS = [
+    ("REDIS_URL", "redis://h:notaport", "port from 1 to 65535"),
+    ("REDIS_URL", "redis://h:0", "port from 1 to 65535"),
+    ("REDIS_URL", "redis://h:65536/0", "port from 1 to 65535"),
+    ("REDIS_URL", "rediss://[::1]:x", "port from 1 to 65535"),
+    ("QDRANT_URL", "http://qdrant:abc", "port from 1 to 65535"),
+    ("QDRANT_URL", "https://qdrant:70000", "port from 1 to 65535"),
+    ("QDRANT_URL", "http://qdrant:0/", "port from 1 to 65535"),
+    ("MINIO_ENDPOINT", "minio:abc", "port from 1 to 65535"),
+    ("MINIO_ENDPOINT", "minio:0", "port from 1 to 65535"),
+    ("MINIO_ENDPOINT", "minio:", "port from 1 to 65535"),
+    ("MINIO_ENDPOINT", "minio:99999", "port from 1 to 65535"),
+    ("MINIO_ENDPOINT", "http://minio:9000x", "port from 1 to 65535"),
+    ("MINIO_ENDPOINT", "[::1:9000", "host:port"),
+    ("MINIO_ENDPOINT", ":9000", "host:port"),
+    ("MINIO_ENDPOINT", "ftp://minio:9000", "with http:// or https://"),
+    ("MINIO_ENDPOINT", "minio:9000#x", "host:port"),
+    ("MONGODB_URL", "mongodb://h1:27017,h2:abc", "ports from 1 to 65535"),
+    ("MONGODB_URL", "mongodb://h:0", "ports from 1 to 65535"),
+    ("MONGODB_URL", "mongodb://h:65536/rag", "ports from 1 to 65535"),
+    ("MONGODB_URL", "mongodb://h1:27017,", "ports from 1 to 65535"),
+    ("MONGODB_URL", "mongodb://", "scheme mongodb or mongodb+srv"),
+    ("MONGODB_URL", "mongodb://:27017", "scheme mongodb or mongodb+srv"),
+    (
+        "MONGODB_URL",
+        "mongodb+srv://cluster.example.net:27017",
+        "mongodb+srv://[user:password@]host",
+    ),
+    ("MONGODB_URL", "mongodb+srv://a.example.net,b.example.net", "mongodb+srv://"),
+    ("MONGODB_URL", "mongodb://h/ra$g", "[/database]"),
+]
 OTHERS = [
     ("QDRANT_VECTOR_SIZE", "0", "whole number > 0"),
     ("QDRANT_VECTOR_SIZE", "384.0", "whole number > 0"),
@@ -152,7 +260,12 @@ OTHERS = [
     + PATTERNS
     + TEMPLATES
     + PROFILE_NAMES
-    + OTHERS,
+    + OTHERS
+    + BOUNDS
+    + BUCKETS
+    + MONGO_DATABASES
+    + COLLECTIONS
+    + PORTS,
 )
 def test_invalid_value_names_variable_value_and_what_is_allowed(
     variable: str, raw: str, allowed: str
@@ -574,3 +687,152 @@ def test_secrets_in_a_query_string_are_redacted(url: str) -> None:
     settings = Settings.from_env({variable: url})
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings.public_view())
+
+
+# --- bounds, names and connections (SPEC 4.1 item 10) ----------------------------------------
+
+
+def test_the_largest_allowed_values_are_accepted() -> None:
+    settings = Settings.from_env(
+        {
+            "FILES_TTL_DAYS": "36500",
+            "RAG_SESSION_TTL_HOURS": "876000",
+            "REDIS_CACHE_TTL_HOURS": "876000",
+            "MAX_QDRANT_POINTS": "1000000000000000",
+            "MAX_MINIO_STORAGE_GB": "1e9",
+            "REDIS_CLEANUP_INTERVAL_SECONDS": "604800",
+            "QDRANT_VECTOR_SIZE": "65536",
+        }
+    )
+    assert settings.files_ttl_days == 36500
+    assert settings.rag_session_ttl_hours == 876000
+    assert settings.max_qdrant_points == 10**15
+    assert settings.redis_cleanup_interval_seconds == 604800
+
+
+@pytest.mark.parametrize(
+    "bucket", ["abc", "a" * 63, "rag.files-2024", "0documents9", "1.2.3", "my-docs.example"]
+)
+def test_s3_bucket_names_accepted(bucket: str) -> None:
+    assert Settings.from_env({"MINIO_BUCKET": bucket}).minio_bucket == bucket
+
+
+@pytest.mark.parametrize("database", ["rag", "d" * 63, "rag_2024", "RAG-prod", "é" * 31])
+def test_mongo_database_names_accepted(database: str) -> None:
+    assert Settings.from_env({"MONGODB_DATABASE": database}).mongodb_database == database
+
+
+def test_a_collection_namespace_of_exactly_255_bytes_is_accepted() -> None:
+    name = "c" * (255 - len("rag."))
+    assert Settings.from_env({"RLM_SESSIONS_COLLECTION": name}).sessions_collection == name
+
+
+def test_a_long_database_name_is_blamed_on_the_collection_that_overflows() -> None:
+    error = settings_error({"MONGODB_DATABASE": "d" * 63, "RLM_MESSAGES_COLLECTION": "m" * 192})
+    assert len(error.problems) == 1
+    assert_reports(error, "RLM_MESSAGES_COLLECTION", repr("m" * 192), "(it is 256)")
+
+
+def test_an_invalid_database_is_not_also_blamed_on_the_collections() -> None:
+    error = settings_error({"MONGODB_DATABASE": "rag.x", "RLM_DOCUMENTS_COLLECTION": "c" * 250})
+    assert [p.partition("=")[0] for p in error.problems] == ["MONGODB_DATABASE"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:65535",
+        "redis://h:1/15",
+        "redis://h:6379/0?socket_timeout=5",
+        "http://qdrant:6333/prefix",
+        "http://[::1]:6333",
+    ],
+)
+def test_urls_with_valid_ports_accepted(url: str) -> None:
+    variable = "REDIS_URL" if url.startswith("redis") else "QDRANT_URL"
+    assert Settings.from_env({variable: url}).public_view()[variable.lower()]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mongodb://h1,h2,h3",
+        "mongodb://h1:27017,h2:27018,h3:65535/rag?replicaSet=rs0",
+        "mongodb://[::1]:27017,[fe80::1]/rag",
+        "mongodb://u:p%40ss@h:27017/?authSource=admin",
+        "mongodb://%2Ftmp%2Fmongodb-27017.sock",
+        "mongodb+srv://u:pw@cluster0.example.net/rag?retryWrites=true",
+        "mongodb://h",
+    ],
+)
+def test_mongodb_urls_with_several_hosts_accepted(url: str) -> None:
+    assert Settings.from_env({"MONGODB_URL": url}).mongodb_url == url
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["minio", "minio:1", "[::1]:9000", "https://s3.example.net:443"]
+)
+def test_more_minio_endpoint_forms_accepted(endpoint: str) -> None:
+    env = {"MINIO_ENDPOINT": endpoint, "MINIO_ACCESS_KEY": "a", "MINIO_SECRET_KEY": "s"}
+    assert Settings.from_env(env).minio_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "shown"),
+    [
+        ("REDIS_URL", "redis://h:6379/0?socket_timeout=soon", "'redis://h:6379/0?***'"),
+        ("REDIS_URL", f"redis://:{SECRET}@h:notaport/0", "'redis://***@h:notaport/0'"),
+        (
+            "MONGODB_URL",
+            f"mongodb://u:{SECRET}@h1:27017,h2:x/rag",
+            "'mongodb://***@h1:27017,h2:x/rag'",
+        ),
+        ("MONGODB_URL", f"mongodb://u:p@{SECRET}@h/", "'mongodb://***@h/'"),
+        ("MINIO_ENDPOINT", "minio:9000?region=x", "'minio:9000?***'"),
+    ],
+)
+def test_a_connection_that_does_not_parse_is_reported_without_its_secrets(
+    variable: str, raw: str, shown: str
+) -> None:
+    error = settings_error({variable: raw})
+    assert_reports(error, variable, shown, "allowed: ")
+    assert SECRET not in str(error)
+
+
+def test_cache_patterns_that_miss_the_default_templates_are_reported_under_the_patterns() -> None:
+    error = settings_error({"REDIS_CACHE_KEY_PATTERNS": "cache:*"})
+    assert len(error.problems) == 1
+    assert_reports(error, "REDIS_CACHE_KEY_PATTERNS", "'cache:*'", "REDIS_DOCUMENT_KEY_TEMPLATES")
+    assert "doc:text:{doc_id}" in error.problems[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "wrong"),
+    [
+        (
+            {"REDIS_CACHE_KEY_PATTERNS": "x:*,*", "REDIS_DOCUMENT_KEY_TEMPLATES": "x:{doc_id}"},
+            "REDIS_CACHE_KEY_PATTERNS",
+        ),
+        ({"REDIS_CACHE_KEY_PATTERNS": "[a-z]*"}, "REDIS_CACHE_KEY_PATTERNS"),
+        (
+            {"REDIS_CACHE_KEY_PATTERNS": "cache:*", "REDIS_DOCUMENT_KEY_TEMPLATES": "cache:{id}"},
+            "REDIS_DOCUMENT_KEY_TEMPLATES",
+        ),
+        (
+            {"REDIS_CACHE_KEY_PATTERNS": "cache:*", "REDIS_DOCUMENT_KEY_TEMPLATES": "x:{doc_id}"},
+            "REDIS_DOCUMENT_KEY_TEMPLATES",
+        ),
+    ],
+)
+def test_each_key_problem_is_reported_once_under_the_variable_that_is_wrong(
+    env: dict[str, str], wrong: str
+) -> None:
+    error = settings_error(env)
+    assert [p.partition("=")[0] for p in error.problems] == [wrong]
+
+
+def test_patterns_and_templates_changed_together_are_accepted() -> None:
+    settings = Settings.from_env(
+        {"REDIS_CACHE_KEY_PATTERNS": "rag:*", "REDIS_DOCUMENT_KEY_TEMPLATES": "rag:text:{doc_id}"}
+    )
+    assert settings.redis_cache_key_patterns == ("rag:*",)

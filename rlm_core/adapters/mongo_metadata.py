@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any, TypeVar
 
@@ -37,6 +37,8 @@ Raw = dict[str, Any]
 _T = TypeVar("_T")
 # rlm's own field on a document record: the run id of the cleanup that claimed it for expiry.
 CLAIM_FIELD = "rlm_claim"
+# rlm's own collection of per-store leases: two cleanups of one store never run at once.
+LOCKS_COLLECTION = "rlm_locks"
 
 PROJECTION: dict[str, int] = {
     "user_id": 1,
@@ -155,6 +157,8 @@ def _typed(
         return None
     if kind is int and isinstance(value, float) and value.is_integer():
         return int(value)  # drivers of other languages write whole numbers as doubles
+    if name == "conversation_id" and isinstance(value, ObjectId):
+        return str(value)  # it names a session, whose _id may be an ObjectId
     if isinstance(value, kind) and not isinstance(value, bool):
         return value
     problems.append(f"{name} is {_type_name(value)}, expected {kind.__name__}")
@@ -237,6 +241,7 @@ class MongoMetadataStore:
             zip(LOGICAL_COLLECTIONS, (self._documents, self._sessions, self._messages), strict=True)
         )
         self._default_bucket = default_bucket
+        self._locks: Collection[Raw] = db[LOCKS_COLLECTION]
         self._reference_sources = (
             ("RLM_SESSIONS_COLLECTION", self._sessions),
             ("RLM_MESSAGES_COLLECTION", self._messages),
@@ -338,24 +343,25 @@ class MongoMetadataStore:
 
     def check_references(self) -> None:
         """Refuse when documents exist but a reference collection is missing or unreadable."""
-        try:
-            with _guard("check_references"):
-                if self._documents.find_one({}, {"_id": 1}) is None:
-                    return
-                names = set(self._db.list_collection_names())
-                for setting, collection in self._reference_sources:
-                    if collection.name not in names:
-                        raise ReferencesUnknownError(
-                            f"{setting}: collection {collection.name!r} does not exist in database "
-                            f"{self._db.name!r} while {self._documents.name!r} holds records; "
-                            "references cannot be read, so nothing is deleted "
-                            "(allowed: the name of the existing collection)"
-                        )
+        with _guard("check_references"):
+            if self._documents.find_one({}, {"_id": 1}) is None:
+                return
+            names = set(self._db.list_collection_names())
+            for setting, collection in self._reference_sources:
+                if collection.name not in names:
+                    raise ReferencesUnknownError(
+                        f"{setting}: collection {collection.name!r} does not exist in database "
+                        f"{self._db.name!r} while {self._documents.name!r} holds records; "
+                        "references cannot be read, so nothing is deleted "
+                        "(allowed: the name of the existing collection)"
+                    )
+                try:
                     collection.find_one({}, {"_id": 1})
-        except OperationFailure as exc:
-            raise ReferencesUnknownError(
-                f"MongoDB references cannot be read ({exc.code}: {exc}); nothing is deleted"
-            ) from exc
+                except OperationFailure as exc:
+                    raise ReferencesUnknownError(
+                        f"{setting}: collection {collection.name!r} cannot be read "
+                        f"({exc.code}: {exc}); references are unknown, so nothing is deleted"
+                    ) from exc
 
     def claim_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
         """Claim each record only if it is exactly as read; return those now claimed."""
@@ -371,8 +377,9 @@ class MongoMetadataStore:
 
     def claimed(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
         """Those of docs still claimed by run_id and unchanged since read."""
+        ours = [replace(d, claim=run_id) for d in docs]
         with _guard("claimed"):
-            return [d for batch in chunks(docs, IN_BATCH) for d in self._matching(batch)]
+            return [d for batch in chunks(ours, IN_BATCH) for d in self._matching(batch)]
 
     def release_claims(self, docs: Sequence[DocumentRecord], run_id: str) -> None:
         """Drop run_id's claim on these records."""
@@ -439,6 +446,26 @@ class MongoMetadataStore:
                 deleted += result.deleted_count
         return deleted
 
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:
+        """Take or renew the named lease in rlm's own `rlm_locks` collection."""
+        body = {"holder": holder, "expires_at": naive_utc(now + ttl)}
+        with _guard("acquire_lease"):
+            try:
+                self._locks.insert_one({"_id": name, **body})
+                return None
+            except DuplicateKeyError:
+                pass
+            free = {"$or": [{"holder": holder}, {"expires_at": {"$lt": naive_utc(now)}}]}
+            if self._locks.update_one({"_id": name, **free}, {"$set": body}).matched_count:
+                return None
+            current = self._locks.find_one({"_id": name}) or {}
+        return f"{current.get('holder')} until {current.get('expires_at')}"
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease back if this holder has it."""
+        with _guard("release_lease"):
+            self._locks.delete_one({"_id": name, "holder": holder})
+
     def stats(self) -> MetadataStats:
         """Document count, measured size and oldest created_at."""
         with _guard("stats"):
@@ -487,8 +514,9 @@ class MongoMetadataStore:
                 {
                     "$or": [
                         {"documents.doc_id": {"$in": forms}},
-                        {"documents": {"$in": forms}},
-                        {"attached_file_ids": {"$in": forms}},
+                        *_any_depth("documents", forms),
+                        {"documents": {"$elemMatch": {"$elemMatch": {"doc_id": {"$in": forms}}}}},
+                        *_any_depth("attached_file_ids", forms),
                     ]
                 },
             ]
@@ -502,7 +530,7 @@ class MongoMetadataStore:
     def _messages_referencing(self, batch: list[str], active_since: datetime) -> set[str]:
         wanted = set(batch)
         by_chat: dict[str, set[str]] = {}
-        query = {"file_ids": {"$in": id_candidates(batch)}}
+        query = {"$or": _any_depth("file_ids", id_candidates(batch))}
         for raw in self._messages.find(query, {"file_ids": 1, "chat_id": 1}):
             chat = id_text(raw.get("chat_id"))
             if chat is not None:
@@ -515,8 +543,7 @@ class MongoMetadataStore:
         by_session: dict[str, set[str]] = {}
         query = {"_id": {"$in": id_candidates(batch)}}
         for raw in self._documents.find(query, {"conversation_id": 1}):
-            session = id_text(raw.get("conversation_id"))
-            if session is not None:
+            for session in _strings(raw.get("conversation_id")):
                 by_session.setdefault(session, set()).add(str(raw["_id"]))
         active = self.active_sessions(list(by_session), active_since)
         return {doc_id for session in active for doc_id in by_session[session]}
@@ -546,26 +573,38 @@ def _names_our_bucket(bucket: str) -> Raw:
         "$or": [
             {"minio_bucket": {"$in": [bucket, None, ""]}},
             {"minio_bucket": {"$not": {"$type": "string"}}},
+            {"minio_bucket": {"$type": "array"}},  # $type tests an array's items, not the array
         ]
     }
 
 
+def _any_depth(field: str, forms: list[Any]) -> list[Raw]:
+    """Match a lone id, a list of ids, or ids in lists nested one or two deep (Mongo's own
+    array matching descends one level only)."""
+    return [
+        {field: {"$in": forms}},
+        {field: {"$elemMatch": {"$in": forms}}},
+        {field: {"$elemMatch": {"$elemMatch": {"$in": forms}}}},
+    ]
+
+
 def _session_refs(raw: Mapping[str, Any]) -> set[str]:
     """Document ids a session names in documents (entries with doc_id, or plain ids) and
-    attached_file_ids, each as a string or an ObjectId."""
-    entries = raw.get("documents")
-    if not isinstance(entries, list):
-        entries = [entries]  # Mongo's paths match a lone value or embedded document too
-    refs = _strings(raw.get("attached_file_ids"))
-    for entry in entries:
-        refs |= _strings(entry.get("doc_id")) if isinstance(entry, Mapping) else _strings(entry)
-    return refs
+    attached_file_ids, each as a string or an ObjectId, alone or in nested lists."""
+    return _strings(raw.get("documents")) | _strings(raw.get("attached_file_ids"))
 
 
-def _strings(value: Any) -> set[str]:
-    """The ids in a list, or a lone id, each a str or an ObjectId (Mongo's $in matches both)."""
-    items = value if isinstance(value, list) else [value]
-    return {text for v in items if (text := id_text(v)) is not None}
+def _strings(value: Any, depth: int = 0) -> set[str]:
+    """The ids a value names: a str or an ObjectId, alone, in (nested) lists, or as the doc_id
+    of an embedded document."""
+    if depth > 8:
+        return set()
+    if isinstance(value, list):
+        return {text for v in value for text in _strings(v, depth + 1)}
+    if isinstance(value, Mapping):
+        return _strings(value.get("doc_id"), depth + 1)
+    text = id_text(value)
+    return {text} if text is not None else set()
 
 
 @contextmanager

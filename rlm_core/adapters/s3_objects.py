@@ -103,6 +103,7 @@ class S3ObjectStore:
                 self._client.stat_object(self.bucket, key)
             except S3Error as exc:
                 if exc.code == "NoSuchKey":
+                    self._require_bucket()
                     return False
                 raise
         return True
@@ -117,7 +118,18 @@ class S3ObjectStore:
                 except S3Error as exc:
                     if exc.code != "NoSuchKey":
                         raise
+            if len(found) < len(keys):
+                self._require_bucket()
         return found
+
+    def _require_bucket(self) -> None:
+        # A client with a region set skips the bucket lookup, and S3 then answers NoSuchKey for
+        # a missing bucket: "absent" must not be taken for "already deleted".
+        if not self._client.bucket_exists(self.bucket):
+            raise MissingStoreError(
+                f"MINIO_BUCKET: bucket {self.bucket!r} does not exist on the S3 server; "
+                "allowed: the name of an existing bucket"
+            )
 
     def close(self) -> None:
         """Nothing to release: the client (and its pool) belongs to the caller."""

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from string import hexdigits
 from typing import Any
@@ -74,6 +74,8 @@ _TABLES = {
     chat_id GENERATED ALWAYS AS ({_REF.format(path="$.chat_id")}) VIRTUAL""",
 }
 _INDEXES = """
+CREATE TABLE IF NOT EXISTS rlm_locks (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+    expires_at TEXT NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS documents_user_file_hash
     ON documents (user_id, file_hash) WHERE file_hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS documents_sid ON documents (sid);
@@ -115,8 +117,9 @@ JOIN messages m ON m.chat_id = s.sid
 JOIN json_tree(m.body, '$.file_ids') t
 WHERE {_ACTIVE} AND {_NAMING} AND t.value IN {_IDS}
 UNION
-SELECT d.sid FROM documents d JOIN chat_sessions s ON s.sid = d.conversation_id
-WHERE d.sid IN {_IDS} AND {_ACTIVE}
+SELECT d.sid FROM documents d, json_tree(d.body, '$.conversation_id') t
+JOIN chat_sessions s ON s.sid = t.value
+WHERE d.sid IN {_IDS} AND {_NAMING} AND {_ACTIVE}
 """  # noqa: S608
 
 # SPEC 4.1 (5): a missing, empty or non-string minio_bucket names our bucket.
@@ -323,6 +326,25 @@ class SqliteMetadataStore:
                     conn.execute("DELETE FROM documents WHERE id = ?", (_doc_key(doc),))
                     deleted += 1
         return deleted
+
+    def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:
+        """Take or renew the named lease (one row of rlm_locks, in one write transaction)."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT holder, expires_at FROM rlm_locks WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row[0] != holder and row[1] >= _iso(now):
+                return f"{row[0]} until {row[1]}"
+            conn.execute(
+                "INSERT OR REPLACE INTO rlm_locks (name, holder, expires_at) VALUES (?, ?, ?)",
+                (name, holder, _iso(now + ttl)),
+            )
+        return None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease back if this holder has it."""
+        with self._locked() as conn:
+            conn.execute("DELETE FROM rlm_locks WHERE name = ? AND holder = ?", (name, holder))
 
     def stats(self) -> MetadataStats:
         """Document count, exact JSON bytes and oldest created_at."""

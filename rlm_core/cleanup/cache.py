@@ -13,6 +13,7 @@ def sweep_cache(sweep: Sweep) -> None:
     cache = sweep.stores.cache()
     ttl_seconds = max(1, round(sweep.settings.redis_cache_ttl_hours * 3600))
     for batch in cache.scan(sweep.settings.batch_size):
+        sweep.heartbeat()
         unlink: list[CacheKey] = []
         expire: list[tuple[bytes, int]] = []
         for key in batch:

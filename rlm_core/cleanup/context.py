@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from itertools import islice
 from typing import Protocol, TypeVar
 
 from rlm_core.audit import AuditLog
 from rlm_core.domain import CleanupReport
 from rlm_core.policy import Retention
-from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, VectorStore
+from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, StoreError, VectorStore
 from rlm_core.settings import Settings
 
 T = TypeVar("T")
+# How long a run's lease on a store lasts without renewal (a crashed run blocks no longer).
+LEASE_TTL = timedelta(minutes=20)
 
 
 class Budget:
@@ -69,6 +72,59 @@ class StoreSet(Protocol):
         ...
 
 
+class Leases:
+    """The per-store leases a real run holds, so two cleanups of one store never overlap,
+    whatever launched them; renewed as the run goes, released at its end."""
+
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        names: Iterable[str],
+        holder: str,
+        now: Callable[[], datetime],
+        ttl: timedelta = LEASE_TTL,
+    ) -> None:
+        self._metadata = metadata
+        self._names = sorted(set(names))
+        self._holder = holder
+        self._now = now
+        self._ttl = ttl
+        self._held: list[str] = []
+        self._renewed: datetime | None = None
+
+    def acquire(self) -> str | None:
+        """Take every lease, or none; None on success, else which store is busy and by whom."""
+        now = self._now()
+        for name in self._names:
+            busy = self._metadata.acquire_lease(name, self._holder, now, self._ttl)
+            if busy is not None:
+                self.release()
+                return (
+                    f"another cleanup of {name} is running ({busy}); this run deleted nothing, "
+                    "run it again when that one ends"
+                )
+            self._held.append(name)
+        self._renewed = now
+        return None
+
+    def renew(self) -> None:
+        """Extend the leases once a quarter of their time has passed."""
+        now = self._now()
+        if self._renewed is None or now - self._renewed < self._ttl / 4:
+            return
+        for name in self._held:
+            busy = self._metadata.acquire_lease(name, self._holder, now, self._ttl)
+            if busy is not None:
+                raise StoreError(f"the lease on {name} was taken over ({busy}); run stopped")
+        self._renewed = now
+
+    def release(self) -> None:
+        """Give back every lease held."""
+        for name in self._held:
+            self._metadata.release_lease(name, self._holder)
+        self._held = []
+
+
 @dataclass
 class Planned:
     """What earlier steps of a dry run counted as gone, so later steps do not count it again
@@ -93,6 +149,12 @@ class Sweep:
     dry_run: bool
     metadata_populated: bool = True
     planned: Planned = field(default_factory=Planned)
+    leases: Leases | None = None
+
+    def heartbeat(self) -> None:
+        """Called once per batch: keeps a long run's leases alive."""
+        if self.leases is not None:
+            self.leases.renew()
 
     def granted(self, items: Sequence[T]) -> list[T]:
         """The prefix of `items` the cap allows; marks the report capped if it cut any."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from rlm_core.audit import AuditEntry
 from rlm_core.cleanup.context import Sweep
-from rlm_core.policy import DocumentVerdict, document_verdict, last_touched
+from rlm_core.policy import DocumentVerdict, document_verdict, last_touched, object_key_problem
 from rlm_core.ports import DocumentRecord, PointRef
 
 
@@ -37,6 +37,7 @@ def expire_documents(sweep: Sweep) -> None:
     """Expire every document that is neither touched within FILES_TTL nor actively referenced."""
     metadata = sweep.stores.metadata()
     for batch in metadata.iter_documents(sweep.settings.batch_size):
+        sweep.heartbeat()
         candidates = [doc for doc in batch if _is_candidate(sweep, doc)]
         if candidates:
             _expire_batch(sweep, candidates)
@@ -50,10 +51,20 @@ def _is_candidate(sweep: Sweep, doc: DocumentRecord) -> bool:
     if verdict is DocumentVerdict.MALFORMED:
         sweep.report.add_skipped("mongodb")
         return False
-    if verdict is DocumentVerdict.CANDIDATE and not _is_our_object(sweep, doc):
+    if verdict is not DocumentVerdict.CANDIDATE:
+        return False
+    if not _is_our_object(sweep, doc):
         sweep.report.add_skipped("minio")
         return False
-    return verdict is DocumentVerdict.CANDIDATE
+    problem = object_key_problem(doc.minio_key) if doc.minio_key is not None else None
+    if problem is not None:
+        sweep.report.add_skipped("minio")
+        sweep.report.errors.append(
+            f"minio: document {doc.id} kept: its minio_key {problem}, so its object could not "
+            "be deleted safely"
+        )
+        return False
+    return True
 
 
 def _is_our_object(sweep: Sweep, doc: DocumentRecord) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rlm_core.audit import AuditEntry
 from rlm_core.cleanup.context import Sweep, chunked
-from rlm_core.policy import object_is_old
+from rlm_core.policy import object_is_old, object_key_problem
 from rlm_core.ports import ObjectInfo
 
 S3_DELETE_BATCH = 1000
@@ -20,6 +20,9 @@ def sweep_orphan_objects(sweep: Sweep) -> None:
     for obj in sweep.stores.objects().iter_objects():
         if not object_is_old(obj, sweep.retention):
             continue
+        if object_key_problem(obj.key) is not None:
+            sweep.report.add_skipped("minio")  # not deletable safely by name
+            continue
         window.append(obj)
         if len(window) == REFERENCE_WINDOW:
             _delete_orphans(sweep, window)
@@ -34,6 +37,7 @@ def sweep_orphan_objects(sweep: Sweep) -> None:
 
 
 def _delete_orphans(sweep: Sweep, old: list[ObjectInfo]) -> None:
+    sweep.heartbeat()
     bucket = sweep.stores.objects().bucket
     referenced = sweep.stores.metadata().referenced_object_keys(bucket, [o.key for o in old])
     candidates = [o for o in old if o.key not in referenced]

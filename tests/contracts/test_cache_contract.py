@@ -99,10 +99,11 @@ def test_non_utf8_keys_round_trip(cache: Harness) -> None:
     assert key in scanned(cache.store)
     assert cache.store.existing([key, b"cache:missing"]) == [key]
     assert cache.store.expire_if_persistent([(key, 60)]) == 1
+    assert set(cache.store.memory_usage([key])) == {key}
     cache.raw.persist(key)
-    assert cache.store.unlink_idle([key], 0) == [key]
+    assert set(cache.store.unlink_idle([key], 0)) == {key}
     cache.raw.set(key, b"1")
-    assert cache.store.unlink([key]) == 1
+    assert set(cache.store.unlink([key])) == {key}
     assert not cache.raw.exists(key)
 
 
@@ -110,8 +111,8 @@ def test_unlink_idle_respects_idle_time_and_ttl(cache: Harness) -> None:
     cache.raw.set(b"cache:idle", b"1")
     cache.raw.set(b"cache:ttl", b"1", ex=1000)
     keys = [b"cache:idle", b"cache:ttl", b"cache:missing"]
-    assert cache.store.unlink_idle(keys, 10**9) == []
-    assert cache.store.unlink_idle(keys, 0) == [b"cache:idle"]
+    assert cache.store.unlink_idle(keys, 10**9) == {}
+    assert set(cache.store.unlink_idle(keys, 0)) == {b"cache:idle"}
     assert cache.store.existing(keys) == [b"cache:ttl"]
 
 
@@ -131,7 +132,7 @@ def test_seed_backdates_idle_time_and_sets_ttl(cache: Harness) -> None:
     assert 0 < keys[b"cache:ttl"].ttl_seconds <= 600
     assert cache.raw.get(b"blacklist:seeded") == b"v"
     everything = [b"cache:old", b"cache:new", b"cache:ttl"]
-    assert cache.store.unlink_idle(everything, 3600) == [b"cache:old"]
+    assert set(cache.store.unlink_idle(everything, 3600)) == {b"cache:old"}
     cache.raw.delete(b"blacklist:seeded")
 
 
@@ -171,6 +172,7 @@ def test_foreign_keys_survive_every_operation(cache: Harness) -> None:
     keys = list(scanned(cache.store))
     cache.store.expire_if_persistent([(k, 100) for k in keys])
     cache.raw.persist(b"cache:a")
+    cache.store.memory_usage([*keys, *FOREIGN])
     cache.store.unlink_idle(keys, 0)
     cache.store.unlink(list(scanned(cache.store)))
     assert scanned(cache.store) == {}
@@ -180,8 +182,37 @@ def test_foreign_keys_survive_every_operation(cache: Harness) -> None:
 def test_unlink_counts_and_batches(cache: Harness) -> None:
     keys = [f"doc:text:{i}".encode() for i in range(2100)]
     cache.raw.mset(dict.fromkeys(keys, b"t"))
-    assert cache.store.unlink([*keys, b"doc:text:missing"]) == 2100
+    measured = cache.store.memory_usage([*keys, b"doc:text:missing"])
+    assert set(measured) == set(keys) and min(measured.values()) > 0
+    assert set(cache.store.unlink([*keys, b"doc:text:missing"])) == set(keys)
     assert cache.store.existing(keys) == []
+
+
+def test_memory_usage_measures_existing_keys_only(cache: Harness) -> None:
+    cache.raw.mset({b"doc:text:1": b"x" * 1000, b"cache:small": b"1"})
+    measured = cache.store.memory_usage([b"doc:text:1", b"cache:small", b"cache:missing"])
+    assert set(measured) == {b"doc:text:1", b"cache:small"}
+    assert measured[b"doc:text:1"] > 1000 > measured[b"cache:small"] > 0
+    assert measured == {
+        k.key: k.memory_bytes for k in scanned(cache.store, with_memory=True).values()
+    }
+    assert cache.store.memory_usage([]) == {}
+    assert cache.raw.ttl(b"doc:text:1") == -1
+
+
+def test_unlinks_report_memory_measured_just_before(cache: Harness) -> None:
+    keys = [b"cache:grown", b"doc:text:grown"]
+    cache.raw.mset(dict.fromkeys(keys, b"x"))
+    stale = cache.store.memory_usage(keys)
+    cache.raw.mset(dict.fromkeys(keys, b"x" * 5000))
+    fresh = cache.store.memory_usage(keys)
+    assert all(fresh[k] > stale[k] + 4000 for k in keys)
+    unlinked = cache.store.unlink_idle([b"cache:grown", b"cache:missing"], 0)
+    assert unlinked == {b"cache:grown": fresh[b"cache:grown"]}
+    removed = cache.store.unlink([b"doc:text:grown", b"doc:text:missing"])
+    assert removed == {b"doc:text:grown": fresh[b"doc:text:grown"]}
+    assert cache.store.unlink(keys) == {}
+    assert cache.store.unlink_idle(keys, 0) == {}
 
 
 def test_lfu_policy_reports_unknown_idle_and_unlinks_nothing(cache: Harness) -> None:
@@ -190,7 +221,7 @@ def test_lfu_policy_reports_unknown_idle_and_unlinks_nothing(cache: Harness) -> 
     cache.raw.config_set("maxmemory-policy", "allkeys-lfu")
     try:
         assert scanned(cache.store)[b"cache:a"].idle_seconds is None
-        assert cache.store.unlink_idle([b"cache:a"], 0) == []
+        assert cache.store.unlink_idle([b"cache:a"], 0) == {}
     finally:
         cache.raw.config_set("maxmemory-policy", before)
     assert cache.raw.exists(b"cache:a")

@@ -4,21 +4,33 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import bson
+import mongomock
 import pytest
 from bson import ObjectId
 from pymongo.database import Database
+from pymongo.errors import OperationFailure
 
 from rlm_core.adapters import mongo_metadata
 from rlm_core.adapters.mongo_metadata import MongoMetadataStore, connect_mongo
-from rlm_core.adapters.sqlite_metadata import SqliteMetadataStore, decode, encode
+from rlm_core.adapters.sqlite_metadata import SCHEMA_VERSION, SqliteMetadataStore, decode, encode
 from rlm_core.clock import FakeClock
-from rlm_core.ports import DuplicateDocumentError, MetadataStore, NewDocument, StoreError
+from rlm_core.ports import (
+    DocumentRecord,
+    DuplicateDocumentError,
+    MetadataStore,
+    NewDocument,
+    ReferencesUnknownError,
+    StoreError,
+    Touch,
+)
 from tests.services import free_port
 
 NOW = datetime(2025, 1, 20, 15, 30, tzinfo=UTC)
@@ -75,7 +87,7 @@ def _raw_doc(doc_id: Any = None, **fields: Any) -> dict[str, Any]:
     return doc
 
 
-def _session(session_id: str, updated_at: Any, **fields: Any) -> dict[str, Any]:
+def _session(session_id: Any, updated_at: Any, **fields: Any) -> dict[str, Any]:
     return {
         "_id": session_id,
         "user_id": "u1",
@@ -85,6 +97,41 @@ def _session(session_id: str, updated_at: Any, **fields: Any) -> dict[str, Any]:
         "attached_file_ids": [],
         **fields,
     }
+
+
+def _read(store: MetadataStore, doc_id: str, oid: bool = True) -> DocumentRecord:
+    """The record with this exact `_id` (an ObjectId when oid, else the string), as read now."""
+    (record,) = [r for r in store.find_documents([doc_id]) if r.oid is oid]
+    return record
+
+
+def _gone(doc_id: str, oid: bool) -> DocumentRecord:
+    """A record as once read whose `_id` no longer exists."""
+    return DocumentRecord(
+        doc_id, "u1", "ready", None, None, "documents", "k", 1, None, None, oid=oid
+    )
+
+
+def _twins(
+    store: MetadataStore, oid_key: str = "k/oid.pdf", str_key: str = "k/str.pdf"
+) -> tuple[DocumentRecord, DocumentRecord]:
+    """Two records with the same hex, `_id` as an ObjectId and as the string (SPEC 4.1 (6))."""
+    hex_id = str(ObjectId())
+    store.insert_raw(
+        "documents",
+        [_raw_doc(ObjectId(hex_id), minio_key=oid_key), _raw_doc(hex_id, minio_key=str_key)],
+    )
+    return _read(store, hex_id, oid=True), _read(store, hex_id, oid=False)
+
+
+def _pair(store: MetadataStore) -> tuple[DocumentRecord, DocumentRecord]:
+    """Two ordinary records, as read."""
+    first, second = ObjectId(), ObjectId()
+    store.insert_raw(
+        "documents",
+        [_raw_doc(first, minio_key="k/1.pdf"), _raw_doc(second, minio_key="k/2.pdf")],
+    )
+    return _read(store, str(first)), _read(store, str(second))
 
 
 def _link(store: MetadataStore, path: str, doc_id: str, session_id: str, at: datetime) -> None:
@@ -145,22 +192,25 @@ def test_documents_without_a_hash_never_collide(store: MetadataStore) -> None:
 def test_touch_document_updates_updated_at(store: MetadataStore, clock: FakeClock) -> None:
     doc_id = store.insert_document(_new(created=clock.now()))
     later = clock.advance(hours=5, microseconds=123456)
-    store.touch_document(doc_id, later)
+    assert store.touch_document(_read(store, doc_id), later) is Touch.TOUCHED
     record = store.get_documents([doc_id])[doc_id]
     assert record.created_at == NOW
     # BSON datetimes hold milliseconds; both stores truncate alike.
     assert record.updated_at == later.replace(microsecond=123000)
 
 
-def test_relink_document_points_at_the_new_object(store: MetadataStore, clock: FakeClock) -> None:
+@pytest.mark.parametrize("status", ["processing", "uploading"])
+def test_relink_document_points_at_the_new_object(
+    store: MetadataStore, clock: FakeClock, status: str
+) -> None:
     doc_id = store.insert_document(_new(created=clock.now()))
     later = clock.advance(days=8)
-    store.relink_document(doc_id, "new-uuid/file.pdf", 4321, later)
+    assert store.relink_document(_read(store, doc_id), "new-uuid/file.pdf", 4321, later, status)
     record = store.get_documents([doc_id])[doc_id]
     assert (record.minio_key, record.size_bytes, record.status) == (
         "new-uuid/file.pdf",
         4321,
-        "processing",
+        status,
     )
     assert record.updated_at == later.replace(microsecond=(later.microsecond // 1000) * 1000)
     assert record.created_at == NOW
@@ -168,9 +218,16 @@ def test_relink_document_points_at_the_new_object(store: MetadataStore, clock: F
 
 def test_touch_document_finds_legacy_string_ids(store: MetadataStore) -> None:
     store.insert_raw("documents", [_raw_doc("legacy-1")])
-    store.touch_document("legacy-1", NOW)
-    store.touch_document("missing-id", NOW)
+    assert store.touch_document(_read(store, "legacy-1", oid=False), NOW) is Touch.TOUCHED
     assert store.get_documents(["legacy-1"])["legacy-1"].updated_at == NOW
+
+
+def test_touch_and_relink_of_a_gone_record(store: MetadataStore) -> None:
+    gone = _gone(str(ObjectId()), oid=True)
+    assert store.touch_document(gone, NOW) is Touch.GONE
+    assert store.touch_document(_gone("missing-id", oid=False), NOW) is Touch.GONE
+    assert not store.relink_document(gone, "k/new.pdf", 1, NOW, "processing")
+    assert store.stats().total_items == 0
 
 
 def test_get_documents_returns_only_existing_ids(store: MetadataStore) -> None:
@@ -179,6 +236,8 @@ def test_get_documents_returns_only_existing_ids(store: MetadataStore) -> None:
     found = store.get_documents([str(oid), "legacy-2", str(ObjectId()), "nope", str(oid)])
     assert set(found) == {str(oid), "legacy-2"}
     assert found[str(oid)].id == str(oid)
+    assert (found[str(oid)].oid, found["legacy-2"].oid) == (True, False)
+    assert found[str(oid)].claim is None
 
 
 def test_iter_documents_batches_every_document_once(store: MetadataStore) -> None:
@@ -218,6 +277,63 @@ def test_malformed_documents_surface_with_a_problem(store: MetadataStore) -> Non
     assert records["bad-hash"].problem == "metadata.file_hash is int, expected str"
     assert (records["float-size"].size_bytes, records["float-size"].problem) == (2048, None)
     assert records["fine"].problem is None
+
+
+def test_find_documents_returns_every_id_form_once(store: MetadataStore) -> None:
+    hex_id, new_id = str(ObjectId()), store.insert_document(_new())
+    store.insert_raw(
+        "documents", [_raw_doc(ObjectId(hex_id)), _raw_doc(hex_id), _raw_doc("legacy")]
+    )
+    found = store.find_documents([hex_id, "legacy", new_id, "nope", str(ObjectId()), hex_id])
+    assert len(found) == 4
+    assert {r.identity for r in found} == {
+        (hex_id, True),
+        (hex_id, False),
+        ("legacy", False),
+        (new_id, True),
+    }
+    assert all(r.claim is None for r in found)
+    assert store.find_documents([]) == []
+
+
+MISSING = object()  # the field is absent from the record
+# minio_bucket as stored -> whether the record names its key in our bucket ("documents").
+BUCKETS: dict[str, tuple[Any, bool]] = {
+    "ours": ("documents", True),
+    "other": ("other", False),
+    "missing": (MISSING, True),
+    "empty": ("", True),
+    "null": (None, True),
+    "number": (5, True),
+    "bool": (True, True),
+    "list-of-ours": (["documents"], True),
+    "list-of-other": (["other"], True),
+    "empty-list": ([], True),
+    "object": ({"name": "other"}, True),
+}
+
+
+@pytest.mark.parametrize(("bucket", "ours"), BUCKETS.values(), ids=BUCKETS)
+def test_bucket_rule_protects_and_flags_records_without_a_usable_bucket(
+    store: MetadataStore, bucket: Any, ours: bool
+) -> None:
+    # SPEC 4.1 (5): the record names its key in our bucket for protection, and is never expired
+    # on a guess (it carries a problem).
+    raw = _raw_doc(minio_key="k/shared.pdf")
+    if bucket is MISSING:
+        del raw["minio_bucket"]
+    else:
+        raw["minio_bucket"] = bucket
+    store.insert_raw("documents", [raw])
+    (record,) = store.find_documents([str(raw["_id"])])
+    keys = ["k/shared.pdf", "k/else.pdf"]
+    assert store.referenced_object_keys("documents", keys) == ({"k/shared.pdf"} if ours else set())
+    assert store.referenced_object_keys("documents", keys, [record]) == set()
+    if isinstance(bucket, str) and bucket:
+        assert (record.minio_bucket, record.problem) == (bucket, None)
+    else:
+        assert record.minio_bucket is None
+        assert record.problem is not None and "minio_bucket" in record.problem
 
 
 # ---------------------------------------------------------------- references
@@ -308,7 +424,9 @@ def test_referenced_object_keys(store: MetadataStore) -> None:
     )
     keys = ["k1", "k2", "k3", "k4", "k5", "5"]
     assert store.referenced_object_keys("documents", keys) == {"k1", "k2", "k4"}
-    assert store.referenced_object_keys("other", keys) == {"k3"}
+    # Which bucket a bucketless record names is defined for ours only (the one rlm sweeps).
+    other = store.referenced_object_keys("other", keys)
+    assert "k3" in other and not other & {"k1", "k5", "5"}
     assert store.referenced_object_keys("documents", []) == set()
 
 
@@ -323,12 +441,234 @@ def test_referenced_object_keys_leaves_out_excluded_documents(store: MetadataSto
         ],
     )
     keys = ["k1", "k2"]
-    assert store.referenced_object_keys("documents", keys, [str(first)]) == {"k1", "k2"}
-    assert store.referenced_object_keys("documents", keys, [str(first), str(second)]) == {"k2"}
-    assert store.referenced_object_keys("documents", keys, [str(second), legacy]) == {"k1"}
-    assert (
-        store.referenced_object_keys("documents", keys, [str(first), str(second), legacy]) == set()
+    one, two = _read(store, str(first)), _read(store, str(second))
+    old = _read(store, legacy, oid=False)
+    assert store.referenced_object_keys("documents", keys, [one]) == {"k1", "k2"}
+    assert store.referenced_object_keys("documents", keys, [one, two]) == {"k2"}
+    assert store.referenced_object_keys("documents", keys, [two, old]) == {"k1"}
+    assert store.referenced_object_keys("documents", keys, [one, two, old]) == set()
+
+
+# Every form in which a session names document d (s is the session's hex id): the session's
+# fields, its messages and the document's own fields (SPEC 4.1 (1)).
+Form = Callable[[str, str], tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]]
+REFERENCE_FORMS: dict[str, Form] = {
+    "documents-entry": lambda d, s: ({"documents": [{"doc_id": d, "filename": "a.pdf"}]}, [], {}),
+    "documents-entry-oid": lambda d, s: ({"documents": [{"doc_id": ObjectId(d)}]}, [], {}),
+    "documents-plain": lambda d, s: ({"documents": ["other", d]}, [], {}),
+    "documents-plain-oid": lambda d, s: ({"documents": [ObjectId(d)]}, [], {}),
+    "documents-lone-entry": lambda d, s: ({"documents": {"doc_id": d}}, [], {}),
+    "documents-lone": lambda d, s: ({"documents": d}, [], {}),
+    "documents-lone-oid": lambda d, s: ({"documents": ObjectId(d)}, [], {}),
+    "attached": lambda d, s: ({"attached_file_ids": ["other", d]}, [], {}),
+    "attached-oid": lambda d, s: ({"attached_file_ids": [ObjectId(d)]}, [], {}),
+    "attached-lone": lambda d, s: ({"attached_file_ids": d}, [], {}),
+    "attached-lone-oid": lambda d, s: ({"attached_file_ids": ObjectId(d)}, [], {}),
+    "messages": lambda d, s: ({}, [{"chat_id": s, "file_ids": ["other", d]}], {}),
+    "messages-oid": lambda d, s: ({}, [{"chat_id": s, "file_ids": [ObjectId(d)]}], {}),
+    "messages-lone": lambda d, s: ({}, [{"chat_id": s, "file_ids": d}], {}),
+    "messages-lone-oid": lambda d, s: ({}, [{"chat_id": s, "file_ids": ObjectId(d)}], {}),
+    "messages-chat-oid": lambda d, s: ({}, [{"chat_id": ObjectId(s), "file_ids": [d]}], {}),
+    "conversation": lambda d, s: ({}, [], {"conversation_id": s}),
+    "conversation-oid": lambda d, s: ({}, [], {"conversation_id": ObjectId(s)}),
+}
+
+
+@pytest.mark.parametrize("session_oid", [False, True], ids=["session-str", "session-oid"])
+@pytest.mark.parametrize("form", REFERENCE_FORMS.values(), ids=REFERENCE_FORMS)
+def test_every_reference_form_protects(store: MetadataStore, form: Form, session_oid: bool) -> None:
+    live, stale, lone = (str(ObjectId()) for _ in range(3))
+    for doc_id, at in ((live, ACTIVE_AT), (stale, STALE_AT)):
+        session = str(ObjectId())
+        fields, messages, doc_fields = form(doc_id, session)
+        session_id = ObjectId(session) if session_oid else session
+        store.insert_raw("chat_sessions", [_session(session_id, at, **fields)])
+        store.insert_raw("messages", messages)
+        store.insert_raw("documents", [_raw_doc(ObjectId(doc_id), **doc_fields)])
+    store.insert_raw("documents", [_raw_doc(ObjectId(lone))])
+    assert store.active_references([live, stale, lone], SINCE) == {live}
+
+
+def test_active_sessions_read_object_id_session_ids(store: MetadataStore) -> None:
+    active, stale = ObjectId(), ObjectId()
+    store.insert_raw("chat_sessions", [_session(active, ACTIVE_AT), _session(stale, STALE_AT)])
+    assert store.active_sessions([str(active), str(stale), "nope"], SINCE) == {str(active)}
+
+
+def test_referenced_object_keys_excludes_exact_identities(store: MetadataStore) -> None:
+    as_oid, as_str = _twins(store, oid_key="k1", str_key="k1")
+    assert store.referenced_object_keys("documents", ["k1"], [as_oid]) == {"k1"}
+    assert store.referenced_object_keys("documents", ["k1"], [as_str]) == {"k1"}
+    assert store.referenced_object_keys("documents", ["k1"], [as_oid, as_str]) == set()
+
+
+# ---------------------------------------------------------------- claims (SPEC 4.1 (4))
+
+
+# A record as read that differs from the stored one in one compared field is never claimed.
+STALE_READS: dict[str, Callable[[DocumentRecord], DocumentRecord]] = {
+    "updated_at": lambda d: replace(d, updated_at=(d.updated_at or NOW) + timedelta(seconds=1)),
+    "status": lambda d: replace(d, status="processing"),
+    "minio_key": lambda d: replace(d, minio_key="k/other.pdf"),
+    "claim": lambda d: replace(d, claim="another-run"),
+    "id-form": lambda d: replace(d, oid=False),
+}
+
+
+@pytest.mark.parametrize("stale", STALE_READS.values(), ids=STALE_READS)
+def test_claim_only_records_exactly_as_read(
+    store: MetadataStore, stale: Callable[[DocumentRecord], DocumentRecord]
+) -> None:
+    changed, same = _pair(store)
+    assert store.claim_documents([stale(changed), same], "run-1") == [replace(same, claim="run-1")]
+    assert store.touch_document(changed, NOW) is Touch.TOUCHED
+    assert store.touch_document(same, NOW) is Touch.CLAIMED
+
+
+# What may happen to a record between the listing and the claim: each one keeps it unclaimed.
+SINCE_READ: dict[str, Callable[[MetadataStore, DocumentRecord], object]] = {
+    "touched": lambda store, d: store.touch_document(d, NOW),
+    "relinked": lambda store, d: store.relink_document(
+        d, "k/reupload.pdf", 5, d.updated_at or NOW, d.status or "ready"
+    ),
+    "claimed-by-another-run": lambda store, d: store.claim_documents([d], "run-0"),
+    "deleted": lambda store, d: store.delete_documents(
+        store.claim_documents([d], "run-0"), "run-0"
+    ),
+}
+
+
+@pytest.mark.parametrize("change", SINCE_READ.values(), ids=SINCE_READ)
+def test_a_record_changed_since_it_was_read_is_not_claimed(
+    store: MetadataStore, change: Callable[[MetadataStore, DocumentRecord], object]
+) -> None:
+    changed, same = _pair(store)
+    change(store, changed)
+    claimed = store.claim_documents([changed, same], "run-1")
+    assert claimed == [replace(same, claim="run-1")]
+    assert store.claimed([replace(changed, claim="run-1"), *claimed], "run-1") == claimed
+    assert store.delete_documents([changed], "run-1") == 0
+
+
+def test_claims_records_missing_optional_fields(store: MetadataStore) -> None:
+    bare = _raw_doc()
+    for field in ("updated_at", "status", "minio_key"):
+        del bare[field]
+    store.insert_raw("documents", [bare])
+    record = _read(store, str(bare["_id"]))
+    assert (record.updated_at, record.status, record.minio_key) == (None, None, None)
+    claimed = store.claim_documents([record], "run-1")
+    assert claimed == [replace(record, claim="run-1")]
+    assert store.delete_documents(claimed, "run-1") == 1
+
+
+def test_touch_is_refused_while_claimed(store: MetadataStore) -> None:
+    doc, _ = _pair(store)
+    claimed = store.claim_documents([doc], "run-1")
+    assert store.touch_document(doc, NOW) is Touch.CLAIMED
+    assert _read(store, doc.id) == replace(doc, claim="run-1")  # updated_at unchanged
+    assert store.claimed(claimed, "run-1") == claimed
+    store.release_claims(claimed, "run-1")
+    assert store.touch_document(doc, NOW) is Touch.TOUCHED
+    assert _read(store, doc.id).updated_at == NOW
+    assert store.claimed(claimed, "run-1") == []
+
+
+def test_relink_breaks_the_claim_so_nothing_is_deleted(store: MetadataStore) -> None:
+    doc, other = _pair(store)
+    claimed = store.claim_documents([doc, other], "run-1")
+    assert store.relink_document(doc, "k/reupload.pdf", 99, NOW, "processing")
+    relinked = _read(store, doc.id)
+    assert (relinked.claim, relinked.minio_key, relinked.status, relinked.size_bytes) == (
+        None,
+        "k/reupload.pdf",
+        "processing",
+        99,
     )
+    assert store.claimed(claimed, "run-1") == claimed[1:]
+    assert store.delete_documents(claimed[:1], "run-1") == 0
+    assert store.touch_document(relinked, NOW) is Touch.TOUCHED
+    assert store.delete_documents(claimed, "run-1") == 1
+    assert [r.identity for r in store.find_documents([doc.id, other.id])] == [doc.identity]
+
+
+def test_an_abandoned_claim_read_as_claimed_can_be_taken_over(store: MetadataStore) -> None:
+    # A crashed run leaves its claim; the next run lists the record with it and finishes.
+    doc, _ = _pair(store)
+    (abandoned,) = store.claim_documents([doc], "run-crashed")
+    (listed,) = store.find_documents([doc.id])
+    assert listed == abandoned
+    (taken,) = store.claim_documents([listed], "run-2")
+    assert store.claimed([abandoned], "run-crashed") == []
+    assert store.delete_documents([abandoned], "run-crashed") == 0
+    assert store.delete_documents([taken], "run-2") == 1
+
+
+def test_release_claims_drops_only_this_runs_claim(store: MetadataStore) -> None:
+    doc, other = _pair(store)
+    claimed = store.claim_documents([doc], "run-1")
+    store.release_claims(claimed, "run-2")
+    store.release_claims([other], "run-1")
+    assert store.touch_document(doc, NOW) is Touch.CLAIMED
+    store.release_claims(claimed, "run-1")
+    assert _read(store, doc.id).claim is None
+    assert store.delete_documents(claimed, "run-1") == 0
+    assert store.stats().total_items == 2
+
+
+def test_claimed_and_delete_take_records_as_read_or_as_claimed(store: MetadataStore) -> None:
+    # Both calls say "still claimed by run_id and unchanged since read": the run's own claim is
+    # the one change they expect, whichever copy of the record the caller holds.
+    first, second = _pair(store)
+    claimed = store.claim_documents([first, second], "run-1")
+    assert [d.identity for d in store.claimed(claimed, "run-1")] == [
+        first.identity,
+        second.identity,
+    ]
+    assert [d.identity for d in store.claimed([first, second], "run-1")] == [
+        first.identity,
+        second.identity,
+    ]
+    assert store.delete_documents([first], "run-1") == 1
+    assert store.delete_documents(claimed[1:], "run-1") == 1
+
+
+def test_delete_documents_deletes_only_exact_identities(store: MetadataStore) -> None:
+    as_oid, as_str = _twins(store)
+    assert as_oid.id == as_str.id
+    assert (as_oid.minio_key, as_str.minio_key) == ("k/oid.pdf", "k/str.pdf")
+    claimed_str = store.claim_documents([as_str], "run-1")
+    assert store.delete_documents([as_oid], "run-1") == 0  # its twin's claim is not its own
+    assert store.delete_documents(claimed_str, "run-1") == 1
+    assert [r.identity for r in store.find_documents([as_oid.id])] == [as_oid.identity]
+    claimed_oid = store.claim_documents([as_oid], "run-1")
+    assert store.delete_documents(claimed_str, "run-1") == 0
+    assert store.delete_documents(claimed_oid, "run-1") == 1
+    assert store.find_documents([as_oid.id]) == []
+
+
+def test_claims_touches_and_relinks_hold_one_twin_only(store: MetadataStore) -> None:
+    as_oid, as_str = _twins(store)
+    store.claim_documents([as_oid], "run-1")
+    assert store.touch_document(as_str, NOW) is Touch.TOUCHED
+    assert store.touch_document(as_oid, NOW) is Touch.CLAIMED
+    assert store.relink_document(as_str, "k/new.pdf", 1, NOW, "processing")
+    store.release_claims([replace(as_str, claim="run-1")], "run-1")
+    assert _read(store, as_oid.id, oid=True) == replace(as_oid, claim="run-1")
+    now_str = _read(store, as_str.id, oid=False)
+    assert (now_str.minio_key, now_str.claim, now_str.updated_at) == ("k/new.pdf", None, NOW)
+
+
+# ---------------------------------------------------------------- reference sources
+
+
+def test_check_references_passes_when_sources_are_readable(store: MetadataStore) -> None:
+    store.check_references()
+    store.insert_raw("documents", [_raw_doc()])
+    store.check_references()
+    store.insert_raw("chat_sessions", [_session("s1", ACTIVE_AT)])
+    store.insert_raw("messages", [{"chat_id": "s1", "file_ids": []}])
+    store.check_references()
 
 
 # ---------------------------------------------------------------- delete, stats, raw
@@ -338,8 +678,11 @@ def test_delete_documents_is_idempotent(store: MetadataStore) -> None:
     first = store.insert_document(_new("u1"))
     second = store.insert_document(_new("u2"))
     store.insert_raw("documents", [_raw_doc("legacy-3"), _raw_doc()])
-    assert store.delete_documents([first, second, "legacy-3", str(ObjectId())]) == 3
-    assert store.delete_documents([first, second, "legacy-3"]) == 0
+    read = [_read(store, first), _read(store, second), _read(store, "legacy-3", oid=False)]
+    claimed = store.claim_documents([*read, _gone(str(ObjectId()), oid=True)], "run-1")
+    assert [d.identity for d in claimed] == [d.identity for d in read]
+    assert store.delete_documents(claimed, "run-1") == 3
+    assert store.delete_documents(claimed, "run-1") == 0
     assert store.get_documents([first, second, "legacy-3"]) == {}
     assert store.stats().total_items == 1
     assert store.insert_document(_new("u1")) != first  # the hash is free again
@@ -460,6 +803,45 @@ def test_unreachable_mongo_is_a_store_error() -> None:
         db.client.close()
 
 
+@pytest.mark.parametrize(
+    ("missing", "setting"),
+    [("sessions", "RLM_SESSIONS_COLLECTION"), ("messages", "RLM_MESSAGES_COLLECTION")],
+)
+def test_mongo_missing_reference_collection_refuses_naming_the_setting(
+    mongo_db: Database[Any], missing: str, setting: str
+) -> None:
+    names = {"sessions": "chat_sessions", "messages": "messages", missing: "misnamed"}
+    store = MongoMetadataStore(mongo_db, sessions=names["sessions"], messages=names["messages"])
+    store.check_references()  # no documents: nothing could be judged unreferenced
+    store.insert_raw("documents", [_raw_doc()])
+    with pytest.raises(ReferencesUnknownError, match=setting) as caught:
+        store.check_references()
+    assert isinstance(caught.value, StoreError)
+    assert "misnamed" in str(caught.value)
+    assert "misnamed" not in mongo_db.list_collection_names()
+
+
+@pytest.mark.parametrize(
+    ("collection", "setting"),
+    [("chat_sessions", "RLM_SESSIONS_COLLECTION"), ("messages", "RLM_MESSAGES_COLLECTION")],
+)
+def test_mongo_unreadable_reference_collection_refuses_naming_the_setting(
+    mongo_db: Database[Any], monkeypatch: pytest.MonkeyPatch, collection: str, setting: str
+) -> None:
+    store = MongoMetadataStore(mongo_db)
+    store.insert_raw("documents", [_raw_doc()])
+    find_one = mongomock.Collection.find_one
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.name == collection:
+            raise OperationFailure(f"not authorized on rag to execute find on {collection}", 13)
+        return find_one(self, *args, **kwargs)
+
+    monkeypatch.setattr(mongomock.Collection, "find_one", refuse)
+    with pytest.raises(ReferencesUnknownError, match=setting):
+        store.check_references()
+
+
 # ---------------------------------------------------------------- SQLite adapter only
 
 
@@ -511,3 +893,115 @@ def test_sqlite_json_keeps_bson_types() -> None:
     assert '"$oid"' in text
     assert '"$date": "2024-01-02T03:04:05.678Z"' in text
     assert decode(text) == {**value, "at": datetime(2024, 1, 2, 3, 4, 5, 678000)}
+
+
+# rlm's first schema (v1): rows keyed by str(_id), so an ObjectId and its hex string collided.
+V1_SCHEMA = """
+CREATE TABLE documents (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    user_id GENERATED ALWAYS AS (json_extract(body, '$.user_id')) VIRTUAL,
+    file_hash GENERATED ALWAYS AS (CASE WHEN json_type(body, '$.metadata.file_hash') = 'text'
+        THEN json_extract(body, '$.metadata.file_hash') END) VIRTUAL,
+    minio_key GENERATED ALWAYS AS (json_extract(body, '$.minio_key')) VIRTUAL
+);
+CREATE UNIQUE INDEX documents_user_file_hash
+    ON documents (user_id, file_hash) WHERE file_hash IS NOT NULL;
+CREATE INDEX documents_minio_key ON documents (minio_key);
+CREATE TABLE chat_sessions (
+    id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    updated_at GENERATED ALWAYS AS (json_extract(body, '$.updated_at."$date"')) VIRTUAL
+);
+CREATE INDEX chat_sessions_updated_at ON chat_sessions (updated_at);
+CREATE TABLE messages (id TEXT PRIMARY KEY, body TEXT NOT NULL);
+"""
+
+
+def _v1_file(path: Path, records: dict[str, list[dict[str, Any]]]) -> None:
+    """A metadata file as v1 wrote it."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(V1_SCHEMA)
+        for table, docs in records.items():
+            conn.executemany(
+                f"INSERT INTO {table} (id, body) VALUES (?, ?)",  # noqa: S608 (fixed names)
+                [(str(d["_id"]), encode(d)) for d in docs],
+            )
+        conn.commit()
+
+
+def test_sqlite_migrates_a_v1_file_to_exact_ids(tmp_path: Path) -> None:
+    path = tmp_path / "metadata.sqlite3"
+    as_oid, as_hex, session_oid = str(ObjectId()), str(ObjectId()), ObjectId()
+    _v1_file(
+        path,
+        {
+            "documents": [
+                _raw_doc(ObjectId(as_oid), minio_key="k/oid.pdf", metadata={"file_hash": HASH}),
+                _raw_doc(as_hex, minio_key="k/hex.pdf", conversation_id=str(session_oid)),
+                _raw_doc("legacy-1", minio_key="k/legacy.pdf"),
+                _raw_doc(7, minio_key="k/int-id.pdf"),
+            ],
+            "chat_sessions": [
+                _session("s-active", ACTIVE_AT, attached_file_ids=[as_oid]),
+                _session(session_oid, ACTIVE_AT),
+            ],
+            "messages": [{"_id": ObjectId(), "chat_id": "s-active", "file_ids": ["legacy-1"]}],
+        },
+    )
+    store = SqliteMetadataStore(path)
+    try:
+        records = {r.identity: r for batch in store.iter_documents(10) for r in batch}
+        assert set(records) == {(as_oid, True), (as_hex, False), ("legacy-1", False), ("7", False)}
+        assert [k for k, r in records.items() if r.problem] == [("7", False)]
+        ids = [as_oid, as_hex, "legacy-1"]
+        assert store.active_references(ids, SINCE) == set(ids)
+        sessions = ["s-active", str(session_oid)]
+        assert store.active_sessions(sessions, SINCE) == set(sessions)
+        keys = ["k/oid.pdf", "k/hex.pdf", "k/legacy.pdf", "k/int-id.pdf"]
+        assert store.referenced_object_keys("documents", keys) == set(keys)
+        with pytest.raises(DuplicateDocumentError):
+            store.insert_document(_new())
+        # The twin v1 could not hold: ObjectId(h) and "h" are two records now.
+        store.insert_raw("documents", [_raw_doc(as_oid), _raw_doc(ObjectId(as_hex))])
+        assert {r.identity for r in store.find_documents([as_oid, as_hex])} == {
+            (as_oid, True),
+            (as_oid, False),
+            (as_hex, True),
+            (as_hex, False),
+        }
+        claimed = store.claim_documents([records[(as_hex, False)]], "run-1")
+        assert store.delete_documents(claimed, "run-1") == 1
+        assert store.touch_document(records[(as_oid, True)], NOW) is Touch.TOUCHED
+    finally:
+        store.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    reopened = SqliteMetadataStore(path)
+    try:
+        left = {r.identity for batch in reopened.iter_documents(10) for r in batch}
+        assert left == {
+            (as_oid, True),
+            (as_oid, False),
+            (as_hex, True),
+            ("legacy-1", False),
+            ("7", False),
+        }
+        assert reopened.get_documents([as_oid])[as_oid].updated_at is not None
+    finally:
+        reopened.close()
+
+
+def test_sqlite_unreadable_reference_table_refuses(tmp_path: Path) -> None:
+    path = tmp_path / "metadata.sqlite3"
+    store = SqliteMetadataStore(path)
+    try:
+        store.insert_raw("documents", [_raw_doc()])
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("DROP TABLE messages")
+            conn.commit()
+        with pytest.raises(ReferencesUnknownError):
+            store.check_references()
+    finally:
+        store.close()

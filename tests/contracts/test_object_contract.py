@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +13,7 @@ from minio import Minio
 
 from rlm_core.adapters.disk_objects import TEMP_PREFIX, DiskObjectStore
 from rlm_core.adapters.s3_objects import S3ObjectStore, connect_minio, split_endpoint
-from rlm_core.ports import ObjectStore, StoreError
+from rlm_core.ports import MissingStoreError, ObjectStore, StoreError
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.services import S3Server, free_port
 
@@ -131,6 +131,18 @@ def test_put_of_a_short_stream_fails_and_stores_nothing(store: ObjectStore) -> N
     assert not store.exists("short/one")
 
 
+def test_sizes_of_existing_keys_only(store: ObjectStore) -> None:
+    _put(store, "u1/a.pdf", b"a" * 1234)
+    _put(store, "u1/empty", b"")
+    _put(store, "日本/ファイル 1.txt", b"abc")
+    asked = ["u1/a.pdf", "u1/empty", "日本/ファイル 1.txt", "u1/missing.pdf", "u1"]
+    assert store.sizes(asked) == {"u1/a.pdf": 1234, "u1/empty": 0, "日本/ファイル 1.txt": 3}
+    _put(store, "u1/a.pdf", b"v2")
+    assert store.remove(["u1/empty"]) == []
+    assert store.sizes(asked) == {"u1/a.pdf": 2, "日本/ファイル 1.txt": 3}
+    assert store.sizes([]) == {}
+
+
 # ---------------------------------------------------------------- disk store only
 
 
@@ -156,6 +168,13 @@ def test_disk_rejects_keys_that_could_leave_the_bucket(
     assert disk.remove([key]) == [key]
     assert not (tmp_path / "escape").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["objects"]
+
+
+def test_disk_sizes_leave_out_keys_it_rejects(disk: DiskObjectStore) -> None:
+    _put(disk, "a/b.pdf", b"12")
+    assert disk.sizes(["../escape", "a/../a/b.pdf", "a", f"a/{TEMP_PREFIX}x", "a/b.pdf"]) == {
+        "a/b.pdf": 2
+    }
 
 
 def test_disk_rejects_the_reserved_temp_prefix(disk: DiskObjectStore) -> None:
@@ -242,3 +261,35 @@ def test_s3_listing_skips_folder_placeholders(minio_client: Minio, bucket_name: 
     minio_client.put_object(bucket_name, "folder/", io.BytesIO(b""), 0)
     _put(store, "folder/file.pdf", b"abc")
     assert [o.key for o in store.iter_objects()] == ["folder/file.pdf"]
+
+
+@pytest.mark.parametrize("operation", ["iter_objects", "exists", "sizes", "put", "remove"])
+@pytest.mark.parametrize("region", [None, "us-east-1"], ids=["region-lookup", "region-set"])
+def test_s3_missing_bucket_is_a_missing_store_error_naming_the_setting(
+    s3_srv: S3Server, bucket_name: str, region: str | None, operation: str
+) -> None:
+    # With a region configured the client skips its bucket-location lookup, so a HEAD on a key
+    # of a missing bucket is the only answer: it must still say the bucket is missing.
+    client = Minio(
+        s3_srv.endpoint,
+        access_key=S3_ACCESS_KEY,
+        secret_key=S3_SECRET_KEY,
+        secure=False,
+        region=region,
+    )
+    store = S3ObjectStore(client, bucket_name)
+    calls: dict[str, Callable[[], object]] = {
+        "iter_objects": lambda: list(store.iter_objects()),
+        "exists": lambda: store.exists("k"),
+        "sizes": lambda: store.sizes(["k"]),
+        "put": lambda: _put(store, "k", b"x"),
+        "remove": lambda: store.remove(["k"]),
+    }
+    with pytest.raises(MissingStoreError) as caught:
+        calls[operation]()
+    assert isinstance(caught.value, StoreError)
+    assert "MINIO_BUCKET" in str(caught.value)
+    assert bucket_name in str(caught.value)
+    store.ensure_bucket()
+    assert store.sizes(["k"]) == {}
+    assert list(store.iter_objects()) == []

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from qdrant_client import QdrantClient, models
 
 from rlm_core.adapters import qdrant_vectors
 from rlm_core.adapters.qdrant_vectors import QdrantVectorStore, connect_qdrant
-from rlm_core.ports import PointInfo, StoreError, VectorPoint
+from rlm_core.ports import PointInfo, PointRef, StoreError, VectorPoint
 
 COLLECTION = "rag_documents"
 SIZE = 384
@@ -63,12 +63,24 @@ def pairs_present(store: QdrantVectorStore) -> set[tuple[Any, Any]]:
     return {(p.session_id, p.document_id) for p in all_points(store)}
 
 
+def refs_for(store: QdrantVectorStore, document_ids: list[str]) -> list[PointRef]:
+    """The cascade's judgement: every point of these documents, by id, session not relied on."""
+    found = store.points_for_documents(document_ids)
+    return [PointRef(pid, None, doc) for doc, ids in found.items() for pid in ids]
+
+
+def refs_of(points: list[VectorPoint]) -> list[PointRef]:
+    """The sweep's judgement of points as written: id, session and document."""
+    return [PointRef(p.point_id, p.payload["session_id"], p.payload["document_id"]) for p in points]
+
+
 def test_missing_collection_reads_as_empty(vectors: QdrantVectorStore) -> None:
     assert vectors.count() == 0
     assert list(vectors.iter_points(10)) == []
-    assert vectors.count_for_documents(["d1"]) == 0
-    vectors.delete_for_documents(["d1"])
-    vectors.delete_for_pairs([("s1", "d1")])
+    assert vectors.points_for_documents(["d1"]) == {}
+    ref = PointRef(str(uuid.uuid4()), "s1", "d1")
+    assert vectors.delete_for_documents([ref]) == 0
+    assert vectors.delete_points([ref], time.time()) == 0
 
 
 def test_ensure_collection_is_idempotent(vectors: QdrantVectorStore) -> None:
@@ -108,66 +120,197 @@ def test_payload_size_only_when_asked(vectors: QdrantVectorStore) -> None:
     assert (all_points(vectors, with_payload_size=True)[0].payload_bytes or 0) > 500
 
 
+def test_point_bytes_come_from_the_collection_config(
+    vectors: QdrantVectorStore, qdrant_client: QdrantClient
+) -> None:
+    vectors.ensure_collection()
+    assert vectors.point_bytes() == SIZE * 4
+    # Another size configured on an existing collection: the collection's own size counts.
+    assert QdrantVectorStore(qdrant_client, COLLECTION, 8).point_bytes() == SIZE * 4
+    small = QdrantVectorStore(qdrant_client, "small", 8, scan_deletes=vectors.scan_deletes)
+    small.ensure_collection()
+    assert small.point_bytes() == 32
+
+
+def test_points_for_documents_groups_point_ids_by_document(vectors: QdrantVectorStore) -> None:
+    vectors.ensure_collection()
+    planted = [point(f"d{d}", c, session_id=f"s{c}") for d in range(4) for c in range(3)]
+    vectors.upsert(planted)
+    found = vectors.points_for_documents(["d1", "d3", "nope", "d1"])
+    assert set(found) == {"d1", "d3"}
+    for doc in ("d1", "d3"):
+        expected = {p.point_id for p in planted if p.payload["document_id"] == doc}
+        assert len(found[doc]) == 3 and set(found[doc]) == expected
+    assert vectors.points_for_documents([]) == {}
+    assert vectors.count() == 12  # reading deletes nothing
+
+
+def test_points_for_documents_match_strings_exactly(vectors: QdrantVectorStore) -> None:
+    vectors.ensure_collection()
+    target = [point("123", 0, "s1"), point("123", 1, None), point("123", 2, 7)]
+    others = [
+        point(123, 3),
+        point(123.0, 4),
+        point(["123"], 5),
+        point(["123", "d9"], 6),
+        point({"id": "123"}, 7),
+        point("1234", 8),
+        point("12", 9),
+        point(None, 10),
+    ]
+    vectors.upsert([*target, *others])
+    found = vectors.points_for_documents(["123", "d9"])
+    assert set(found) == {"123"}
+    assert sorted(found["123"]) == sorted(p.point_id for p in target)
+
+
 def test_delete_for_documents_removes_only_those_documents(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
     vectors.upsert([point(f"d{d}", c, session_id=f"s{d % 2}") for d in range(6) for c in range(3)])
-    assert vectors.count_for_documents(["d1", "d4", "nope"]) == 6
-    vectors.delete_for_documents(["d1", "d4", "nope"])
+    refs = refs_for(vectors, ["d1", "d4", "nope"])
+    assert len(refs) == 6
+    assert vectors.delete_for_documents(refs) == 6
     assert vectors.count() == 12
     assert {d for _, d in pairs_present(vectors)} == {"d0", "d2", "d3", "d5"}
+    assert vectors.delete_for_documents(refs) == 0  # idempotent
 
 
-def test_document_deletes_span_several_batches(vectors: QdrantVectorStore) -> None:
+def test_delete_for_documents_removes_only_the_listed_points(vectors: QdrantVectorStore) -> None:
+    # A point written for the document after its points were read is not in the judgement.
+    vectors.ensure_collection()
+    vectors.upsert([point("d1", 0), point("d1", 1)])
+    refs = refs_for(vectors, ["d1"])
+    late = point("d1", 2)
+    vectors.upsert([late])
+    assert vectors.delete_for_documents(refs) == 2
+    assert [p.point_id for p in all_points(vectors)] == [late.point_id]
+
+
+@pytest.mark.parametrize("changed_to", ["d2", 123, None], ids=["other", "number", "missing"])
+def test_delete_for_documents_keeps_a_point_whose_document_changed(
+    vectors: QdrantVectorStore, changed_to: Any
+) -> None:
+    vectors.ensure_collection()
+    moved, stays = point("d1", 0), point("d1", 1)
+    vectors.upsert([moved, stays])
+    refs = refs_for(vectors, ["d1"])
+    vectors.upsert(
+        [VectorPoint(moved.point_id, moved.vector, {**moved.payload, "document_id": changed_to})]
+    )
+    assert vectors.delete_for_documents(refs) == 1
+    assert [p.point_id for p in all_points(vectors)] == [moved.point_id]
+
+
+def test_document_deletes_span_several_batches(
+    vectors: QdrantVectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(qdrant_vectors, "_DELETE_BATCH", 64)
     vectors.ensure_collection()
     vectors.upsert([point(f"d{i}", 0) for i in range(600)])
     doomed = [f"d{i}" for i in range(0, 600, 2)]
-    assert vectors.count_for_documents(doomed) == 300
-    vectors.delete_for_documents(doomed)
+    refs = refs_for(vectors, doomed)
+    assert len(refs) == 300
+    assert vectors.delete_for_documents(refs) == 300
     assert {d for _, d in pairs_present(vectors)} == {f"d{i}" for i in range(1, 600, 2)}
 
 
-def test_delete_for_pairs_removes_only_exact_pairs(vectors: QdrantVectorStore) -> None:
+def test_delete_points_removes_only_judged_old_points(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
-    vectors.upsert([point("d1", 0, "s1"), point("d1", 1, "s2"), point("d2", 0, "s1")])
-    vectors.delete_for_pairs([("s1", "d1")])
-    assert pairs_present(vectors) == {("s2", "d1"), ("s1", "d2")}
+    now = time.time()
+    old = [point("d1", 0, "s1", created_at=now - 100), point("d2", 0, "s1", created_at=now - 50)]
+    young = point("d1", 1, "s1", created_at=now)
+    unjudged = point("d1", 2, "s1", created_at=now - 100)
+    other_pair = point("d1", 3, "s2", created_at=now - 100)
+    vectors.upsert([*old, young, unjudged, other_pair])
+    assert vectors.delete_points(refs_of([*old, young]), now) == 2
+    left = {p.point_id for p in all_points(vectors)}
+    assert left == {young.point_id, unjudged.point_id, other_pair.point_id}
+    assert vectors.delete_points(refs_of(old), now) == 0
+    assert vectors.delete_points([], now) == 0
 
 
-def test_pair_deletes_span_several_batches(vectors: QdrantVectorStore) -> None:
+def test_delete_points_without_a_session_checks_only_the_document(
+    vectors: QdrantVectorStore,
+) -> None:
+    # "Document gone" relies on document_id alone: a malformed session_id does not matter.
     vectors.ensure_collection()
-    vectors.upsert([point(f"d{i}", 0, f"s{i}") for i in range(150)])
-    vectors.upsert([point(f"d{i}", 1, f"other{i}") for i in range(150)])
-    vectors.delete_for_pairs([(f"s{i}", f"d{i}") for i in range(150)])
-    assert pairs_present(vectors) == {(f"other{i}", f"d{i}") for i in range(150)}
+    old = time.time() - 100
+    points = [point("d1", 0, 5, created_at=old), point("d1", 1, None, created_at=old)]
+    vectors.upsert(points)
+    refs = [PointRef(p.point_id, None, "d1") for p in points]
+    assert vectors.delete_points(refs, old + 1) == 2
+    assert vectors.count() == 0
+
+
+# What a judged point's payload became before the delete, from (now, old): each one stays.
+CHANGED_AFTER_JUDGEMENT: dict[str, Callable[[float, float], dict[str, Any]]] = {
+    "created_at-now": lambda now, old: {"created_at": now},
+    "created_at-string": lambda now, old: {"created_at": "2020-01-01T00:00:00"},
+    "created_at-missing": lambda now, old: {"created_at": None},
+    "created_at-bool": lambda now, old: {"created_at": False},
+    "session_id-other": lambda now, old: {"session_id": "s2"},
+    "session_id-missing": lambda now, old: {"session_id": None},
+    "document_id-other": lambda now, old: {"document_id": "d2"},
+    "document_id-number": lambda now, old: {"document_id": 1},
+}
+# A one-item list holding the judged value is not that value, but a server's filter matches
+# list items and has no "is not an array" condition: only the scan path (local mode) can tell.
+# Rewriting a payload into such a list between the page read and the delete is the residual
+# window the README names.
+CHANGED_INTO_A_LIST: dict[str, Callable[[float, float], dict[str, Any]]] = {
+    "created_at-list": lambda now, old: {"created_at": [old]},
+    "session_id-list": lambda now, old: {"session_id": ["s1"]},
+    "document_id-list": lambda now, old: {"document_id": ["d1"]},
+}
+
+
+@pytest.mark.parametrize("change", CHANGED_INTO_A_LIST.values(), ids=CHANGED_INTO_A_LIST)
+def test_the_scan_path_keeps_a_point_changed_into_a_list(
+    qdrant_client: QdrantClient, change: Callable[[float, float], dict[str, Any]]
+) -> None:
+    scan = QdrantVectorStore(qdrant_client, COLLECTION, SIZE, scan_deletes=True)
+    _changed_point_stays(scan, change)
+
+
+@pytest.mark.parametrize("change", CHANGED_AFTER_JUDGEMENT.values(), ids=CHANGED_AFTER_JUDGEMENT)
+def test_delete_points_keeps_a_point_changed_after_it_was_judged(
+    vectors: QdrantVectorStore, change: Callable[[float, float], dict[str, Any]]
+) -> None:
+    _changed_point_stays(vectors, change)
+
+
+def _changed_point_stays(
+    vectors: QdrantVectorStore, change: Callable[[float, float], dict[str, Any]]
+) -> None:
+    vectors.ensure_collection()
+    now = time.time()
+    old = now - 3600
+    changed, doomed = point("d1", 0, "s1", created_at=old), point("d1", 1, "s1", created_at=old)
+    vectors.upsert([changed, doomed])
+    refs = refs_of([changed, doomed])
+    payload = {**changed.payload, **change(now, old)}
+    vectors.upsert([VectorPoint(changed.point_id, changed.vector, payload)])
+    assert vectors.delete_points(refs, now - 60) == 1
+    assert [p.point_id for p in all_points(vectors)] == [changed.point_id]
 
 
 def test_deletes_page_through_the_collection(
     vectors: QdrantVectorStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Small pages: scan deletes remove points from pages already read while the scroll goes on.
+    # Small pages and delete batches: reads and deletes cross many of both.
     monkeypatch.setattr(qdrant_vectors, "_LOCAL_PAGE", 7)
+    monkeypatch.setattr(qdrant_vectors, "_DELETE_BATCH", 5)
     vectors.ensure_collection()
-    vectors.upsert([point(f"d{i % 40}", i, f"s{i % 3}") for i in range(120)])
-    doomed = {(f"s{i % 3}", f"d{i % 40}") for i in range(0, 120, 2)}
-    vectors.delete_for_pairs(sorted(doomed))
-    left = pairs_present(vectors)
-    assert not left & doomed
-    assert left == {(f"s{i % 3}", f"d{i % 40}") for i in range(120)} - doomed
-    vectors.delete_for_documents([f"d{i}" for i in range(0, 40, 4)])
-    assert {d for _, d in pairs_present(vectors)} == {d for _, d in left} - {
-        f"d{i}" for i in range(0, 40, 4)
-    }
-
-
-def test_deletes_match_strings_exactly(vectors: QdrantVectorStore) -> None:
-    vectors.ensure_collection()
-    target = point("123", 0, "s1")
-    kept = [point(123, 1, "s1"), point("123", 2, None), point("1234", 3, "s1"), point("123", 4, 1)]
-    vectors.upsert([target, *kept])
-    assert vectors.count_for_documents(["123"]) == 3
-    vectors.delete_for_pairs([("s1", "123")])
-    vectors.delete_for_documents(["12"])
-    assert {p.point_id for p in all_points(vectors)} == {p.point_id for p in kept}
+    planted = [point(f"d{i % 40}", i, f"s{i % 3}", created_at=1.0) for i in range(120)]
+    vectors.upsert(planted)
+    doomed = planted[::2]
+    assert vectors.delete_points(refs_of(doomed), 2.0) == 60
+    assert {p.point_id for p in all_points(vectors)} == {p.point_id for p in planted[1::2]}
+    gone = [f"d{i}" for i in range(1, 40, 4)]
+    refs = refs_for(vectors, gone)
+    assert len(refs) == 30
+    assert vectors.delete_for_documents(refs) == 30
+    assert {d for _, d in pairs_present(vectors)} == {f"d{i}" for i in range(1, 40, 2)} - set(gone)
 
 
 def test_upsert_overwrites_by_point_id(vectors: QdrantVectorStore) -> None:
