@@ -1005,3 +1005,27 @@ def test_sqlite_unreadable_reference_table_refuses(tmp_path: Path) -> None:
             store.check_references()
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------- leases (one cleanup per store)
+
+
+def test_a_lease_is_held_renewed_released_and_taken_over_once_expired(
+    store: MetadataStore,
+) -> None:
+    ttl = timedelta(minutes=20)
+    assert store.acquire_lease("minio", "run-a", NOW, ttl) is None
+    busy = store.acquire_lease("minio", "run-b", NOW + timedelta(minutes=5), ttl)
+    assert busy is not None and "run-a" in busy
+    assert store.acquire_lease("redis", "run-b", NOW, ttl) is None  # another store is free
+    # The holder renews; the lease then outlives its first expiry.
+    assert store.acquire_lease("minio", "run-a", NOW + timedelta(minutes=15), ttl) is None
+    assert store.acquire_lease("minio", "run-b", NOW + timedelta(minutes=25), ttl) is not None
+    # Releasing by someone else does nothing; by the holder, frees it.
+    store.release_lease("minio", "run-b")
+    assert store.acquire_lease("minio", "run-b", NOW + timedelta(minutes=26), ttl) is not None
+    store.release_lease("minio", "run-a")
+    assert store.acquire_lease("minio", "run-b", NOW + timedelta(minutes=26), ttl) is None
+    # A crashed holder's lease is taken over once its time ran out.
+    later = NOW + timedelta(minutes=26) + ttl + timedelta(seconds=1)
+    assert store.acquire_lease("minio", "run-c", later, ttl) is None

@@ -24,6 +24,7 @@ def points_of(vectors: Any, doc_ids: Sequence[str]) -> int:
     """How many points name one of these documents."""
     return sum(len(ids) for ids in vectors.points_for_documents(list(doc_ids)).values())
 
+
 HOUR = timedelta(hours=1)
 
 
@@ -340,3 +341,26 @@ def test_a_dedup_touch_during_the_expiry_batch_keeps_the_document(
     assert report.deleted_counts["mongodb"] == 0
     assert doc.minio_key in {o.key for o in manager.stores.objects().iter_objects()}
     assert points_of(manager.stores.vectors(), [doc_id]) == 3
+
+
+def test_a_cleanup_of_a_store_another_run_holds_is_refused_and_deletes_nothing(
+    manager: LifecycleManager, world: World, clock: FakeClock
+) -> None:
+    from datetime import timedelta as td
+
+    world.document(age=30 * DAY)
+    orphan = world.orphan_object()
+    clock.advance(days=10)
+    metadata = manager.stores.metadata()
+    assert metadata.acquire_lease("minio", "run-elsewhere", clock.now(), td(minutes=20)) is None
+    before = snapshot(manager.stores, raw_redis(manager))
+    refused = manager.cleanup(ResourceType.MINIO_FILES)
+    assert not refused.success and refused.total_deleted == 0
+    assert any("another cleanup of minio is running" in e for e in refused.errors)
+    assert snapshot(manager.stores, raw_redis(manager)) == before
+    assert manager.cleanup(ResourceType.MINIO_FILES, dry_run=True).total_deleted > 0
+    metadata.release_lease("minio", "run-elsewhere")
+    done = manager.cleanup(ResourceType.MINIO_FILES)
+    assert done.success and orphan not in {o.key for o in manager.stores.objects().iter_objects()}
+    # The run gave its leases back: the next one is not refused.
+    assert manager.cleanup(ResourceType.MINIO_FILES).success
