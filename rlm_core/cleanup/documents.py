@@ -198,7 +198,7 @@ def _delete_cascade(sweep: Sweep, plans: list[_Plan]) -> None:
     unlinked = cache.unlink(keys) if keys else {}
     sweep.report.add_deleted("redis", len(unlinked), sum(unlinked.values()))
     live = _recheck(sweep, live)
-    live = _delete_objects(sweep, live)
+    live = _recheck(sweep, _delete_objects(sweep, live))
     deleted = sweep.stores.metadata().delete_documents([p.doc for p in live], sweep.run_id)
     sweep.report.add_deleted("mongodb", deleted)
 
