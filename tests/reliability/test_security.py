@@ -181,8 +181,12 @@ def test_no_secret_in_logs_reports_or_audit_of_cleanup_and_ingest(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             report = manager.cleanup()
-        assert any(e.startswith("mongodb: MongoDB") for e in report.errors), report.errors
-        assert any(e.startswith("qdrant: Qdrant") for e in report.errors), report.errors
+        # With the metadata store down the run cannot take its leases: it deletes nothing and
+        # says why (the error text is what must stay free of secrets).
+        assert report.total_deleted == 0
+        assert any(e.startswith("mongodb:") and "MongoDB" in e for e in report.errors), (
+            report.errors
+        )
         texts.append(("cleanup report (mongo down)", json.dumps(report.as_seed_json())))
         with pytest.raises(StoreError) as info:
             manager.ingest("user-1", "b.pdf", io.BytesIO(b"two"))
