@@ -8,8 +8,6 @@ one page, whatever the collection's size.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 from rlm_core.audit import AuditEntry
 from rlm_core.cleanup.context import Sweep
 from rlm_core.policy import PointEvidence, PointVerdict, is_upload_session, point_evidence
@@ -93,10 +91,10 @@ def _unprotected(sweep: Sweep, points: list[PointEvidence]) -> list[PointEvidenc
 def _delete(sweep: Sweep, doomed: list[tuple[PointEvidence, str]]) -> None:
     vectors = sweep.stores.vectors()
     point_bytes = vectors.point_bytes()
-    groups: dict[tuple[str | None, str, str], list[str]] = defaultdict(list)
-    for point, reason in doomed:
-        groups[(point.session_id, point.document_id, reason)].append(point.point_id)
-    sweep.audit.record([_entry(key, ids, point_bytes) for key, ids in groups.items()])
+    # One entry per point: page boundaries differ between a dry and a real run (the cascade
+    # before this sweep deleted points in one and not in the other), so per-group entries
+    # would not match in number.
+    sweep.audit.record([_entry(point, reason, point_bytes) for point, reason in doomed])
     if sweep.dry_run:
         deleted = len(doomed)
     else:
@@ -105,13 +103,17 @@ def _delete(sweep: Sweep, doomed: list[tuple[PointEvidence, str]]) -> None:
     sweep.report.add_deleted("qdrant", deleted, deleted * point_bytes)
 
 
-def _entry(key: tuple[str | None, str, str], ids: list[str], point_bytes: int) -> AuditEntry:
-    session, doc, reason = key
+def _entry(point: PointEvidence, reason: str, point_bytes: int) -> AuditEntry:
     return AuditEntry(
         store="qdrant",
         action="delete_points",
-        target=f"session_id={session} document_id={doc}",
-        size_bytes=len(ids) * point_bytes,
+        target=point.point_id,
+        size_bytes=point_bytes,
         reason=reason,
-        extra={"points": len(ids), "point_ids": ids, "session_id": session, "document_id": doc},
+        extra={
+            "points": 1,
+            "point_ids": [point.point_id],
+            "session_id": point.session_id,
+            "document_id": point.document_id,
+        },
     )
