@@ -364,3 +364,40 @@ def test_a_cleanup_of_a_store_another_run_holds_is_refused_and_deletes_nothing(
     assert done.success and orphan not in {o.key for o in manager.stores.objects().iter_objects()}
     # The run gave its leases back: the next one is not refused.
     assert manager.cleanup(ResourceType.MINIO_FILES).success
+
+
+def test_an_active_session_protects_its_own_points_even_naming_no_document(
+    manager: LifecycleManager, world: World
+) -> None:
+    # Neither session names the document in any reference path: only a session's own activity
+    # keeps the points its chat wrote.
+    doc = world.document(age=2 * DAY)
+    active = world.session(idle=HOUR)
+    stale = world.session(idle=30 * DAY)
+    world.points(doc, active, age=2 * DAY, count=4)
+    world.points(doc, stale, age=2 * DAY, count=2)
+    report = manager.cleanup(ResourceType.QDRANT_VECTORS)
+    assert report.deleted_counts["qdrant"] == 2
+    left = {
+        (p.session_id, p.document_id) for b in manager.stores.vectors().iter_points(50) for p in b
+    }
+    assert (active, doc) in left and (stale, doc) not in left
+    assert points_of(manager.stores.vectors(), [doc]) == 3 + 4
+
+
+def test_a_key_given_a_ttl_between_scan_and_unlink_survives(manager: LifecycleManager) -> None:
+    # The unlink re-checks TTL and idleness atomically in Redis: a key the app gave a TTL after
+    # the scan read it is not unlinked (a plain UNLINK would delete it).
+    redis = raw_redis(manager)
+    cache = manager.stores.cache()
+    cache.seed([CacheSeed(b"cache:idle", b"x", None, idle_seconds=2 * 3600)])
+    measured = cache.memory_usage
+
+    def app_sets_a_ttl_then_measure(keys: Sequence[bytes]) -> dict[bytes, int]:
+        redis.expire(b"cache:idle", 600)
+        return measured(keys)
+
+    cache.memory_usage = app_sets_a_ttl_then_measure  # type: ignore[method-assign]
+    report = manager.cleanup(ResourceType.REDIS_CACHE)
+    assert redis.exists(b"cache:idle") and 0 < redis.ttl(b"cache:idle") <= 600
+    assert report.deleted_counts["redis"] == 0 and report.bytes_freed["redis"] == 0
