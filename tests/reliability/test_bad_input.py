@@ -26,11 +26,6 @@ from rlm_core.settings import ENV_VARIABLES, SettingsError
 from tests.services import free_port
 
 DAY = timedelta(days=1)
-TRIED = {"count": 0}
-
-
-def tried(n: int = 1) -> None:
-    TRIED["count"] += n
 
 
 def raw_redis(manager: LifecycleManager) -> Any:
@@ -109,12 +104,10 @@ MALFORMED: dict[str, dict[str, Any]] = {
 def test_malformed_documents_are_skipped_counted_and_kept(manager: LifecycleManager) -> None:
     old = 90 * DAY
     bad = {name: good_document(manager, old, **fields) for name, fields in MALFORMED.items()}
-    tried(len(bad))
     fine, fine_key = good_document(manager, old)
     string_id, string_key = good_document(manager, old, _id=f"plain-string-{uuid.uuid4().hex}")
     other_bucket, _ = good_document(manager, old, minio_bucket="someone-elses-bucket")
     odd_metadata, _ = good_document(manager, old, metadata="not an object")
-    tried(3)
     manager.clock.advance(hours=1)
     report = manager.cleanup()
     left = manager.stores.metadata().get_documents(
@@ -144,7 +137,6 @@ def test_an_object_key_with_dot_dot_never_escapes_and_its_record_stays(
     victim.write_bytes(b"not ours")
     escaping, _ = good_document(manager, 90 * DAY, minio_key="../victim.txt")
     absolute, _ = good_document(manager, 90 * DAY, minio_key="/etc/hostname")
-    tried(2)
     report = manager.cleanup(ResourceType.MINIO_FILES)
     assert victim.read_bytes() == b"not ours"
     assert Path("/etc/hostname").exists() or not Path("/etc").exists()
@@ -180,7 +172,6 @@ def test_messy_references_never_crash_and_still_protect(manager: LifecycleManage
             {"file_ids": [docs[3]]},
         ],
     )
-    tried(len(messy_sessions) + 4)
     report = manager.cleanup()
     left = set(manager.stores.metadata().get_documents(docs))
     # Mongo's own matching treats a lone value like a one-item list: the first three are
@@ -212,7 +203,6 @@ def test_points_with_bad_payloads_are_kept_and_counted_unknown(manager: Lifecycl
     manager.stores.vectors().upsert(
         [VectorPoint(str(uuid.uuid4()), [0.3] * 384, p) for p in BAD_PAYLOADS.values()]
     )
-    tried(len(BAD_PAYLOADS))
     good_document(manager, 90 * DAY)  # so the orphan rule is armed
     gone = str(ObjectId())
     chunk_points(manager, gone, 90 * DAY)  # a well-formed orphan: this one must go
@@ -233,7 +223,6 @@ def test_non_finite_created_at_is_unknown_not_a_crash(manager: LifecycleManager)
 
     for value in (math.nan, math.inf, -math.inf):
         assert parse_point(PointInfo("p", "s", "d", value)) is None
-    tried(3)
 
 
 # ---------------------------------------------------------------- redis
@@ -254,7 +243,6 @@ def test_non_utf8_keys_and_values_and_odd_types(manager: LifecycleManager) -> No
     redis.hset(b"cache:hash", mapping={b"a": b"\xff"})
     redis.rpush(b"cache:list", b"\xff", b"\xfe")
     redis.sadd(b"blacklist:set", b"\xff")
-    tried(8)
     report = manager.cleanup(ResourceType.REDIS_CACHE)
     assert report.success, report.errors
     assert report.deleted_counts["redis"] == 2
@@ -286,7 +274,6 @@ def test_unicode_and_space_object_names_round_trip_and_sweep(manager: LifecycleM
     objects = manager.stores.objects()
     for name in NAMES:
         objects.put(name, io.BytesIO(b"x"), 1, None)
-    tried(len(NAMES))
     assert {o.key for o in objects.iter_objects()} >= set(NAMES)
     good_document(manager, timedelta(0), minio_key=NAMES[0])
     # Objects are stamped by the real clock; jump past FILES_TTL so the rest are old orphans.
@@ -308,7 +295,6 @@ def test_unicode_and_space_object_names_round_trip_and_sweep(manager: LifecycleM
 def test_disk_store_rejects_keys_that_could_leave_the_bucket(tmp_path: Path, key: str) -> None:
     store = DiskObjectStore(tmp_path / "objects", "documents")
     store.ensure_bucket()
-    tried()
     with pytest.raises(ValueError, match="not allowed on disk"):
         store.put(key, io.BytesIO(b"x"), 1, None)
     with pytest.raises(ValueError, match="not allowed on disk"):
@@ -325,12 +311,11 @@ def test_s3_dot_dot_keys_stay_inside_their_bucket(minio_client: Any, bucket_name
     neighbour = S3ObjectStore(minio_client, other)
     neighbour.ensure_bucket()
     neighbour.put("x", io.BytesIO(b"keep"), 4, None)
-    tried(2)
     for key in (f"../{other}/x", "a/../../escape"):
-        try:
+        # The minio client refuses such a name outright; a batch delete names it literally
+        # inside the bucket, where it can reach nothing else.
+        with pytest.raises(ValueError, match="path segment"):
             store.put(key, io.BytesIO(b"evil"), 4, None)
-        except Exception as exc:  # a refusal is fine; landing elsewhere is not
-            assert "S3" in type(exc).__name__ or "Error" in type(exc).__name__
         store.remove([key])
     assert [o.key for o in neighbour.iter_objects()] == ["x"]
     assert neighbour.exists("x")
@@ -343,7 +328,6 @@ def test_s3_dot_dot_keys_stay_inside_their_bucket(minio_client: Any, bucket_name
 def test_ingest_rejects_a_missing_user_and_leaves_nothing(
     manager: LifecycleManager, user_id: Any
 ) -> None:
-    tried()
     with pytest.raises(ValueError, match="user_id"):
         manager.ingest(user_id, "a.pdf", io.BytesIO(b"data"))
     assert list(manager.stores.objects().iter_objects()) == []
@@ -353,7 +337,6 @@ def test_ingest_rejects_a_missing_user_and_leaves_nothing(
 def test_ingest_rejects_names_with_no_file_name_and_leaves_nothing(
     manager: LifecycleManager, filename: str
 ) -> None:
-    tried()
     with pytest.raises(ValueError, match="filename"):
         manager.ingest("user-1", filename, io.BytesIO(b"data"))
     assert list(manager.stores.objects().iter_objects()) == []
@@ -372,7 +355,6 @@ def test_ingest_rejects_names_with_no_file_name_and_leaves_nothing(
     ],
 )
 def test_ingest_sanitizes_file_names(manager: LifecycleManager, filename: str, stored: str) -> None:
-    tried()
     result = manager.ingest("user-1", filename, io.BytesIO(filename.encode()))
     prefix, _, name = result.minio_key.partition("/")
     assert name == stored
@@ -381,7 +363,6 @@ def test_ingest_sanitizes_file_names(manager: LifecycleManager, filename: str, s
 
 
 def test_ingest_of_an_empty_file(manager: LifecycleManager) -> None:
-    tried()
     first = manager.ingest("user-1", "empty.txt", io.BytesIO(b""))
     again = manager.ingest("user-1", "empty-again.txt", io.BytesIO(b""))
     assert first.size_bytes == 0 and not first.duplicate
@@ -392,7 +373,6 @@ def test_ingest_of_an_empty_file(manager: LifecycleManager) -> None:
 
 def test_cleanup_rejects_a_bad_cap(manager: LifecycleManager) -> None:
     for cap in (0, -1, True):
-        tried()
         with pytest.raises(ValueError, match="max_deletions"):
             manager.cleanup(max_deletions=cap)
 
@@ -401,7 +381,6 @@ def test_cleanup_rejects_a_bad_cap(manager: LifecycleManager) -> None:
 def test_cleanup_rejects_a_cap_that_is_not_a_whole_number(
     manager: LifecycleManager, cap: Any
 ) -> None:
-    tried()
     with pytest.raises(ValueError) as info:
         manager.cleanup(max_deletions=cap)
     assert "max_deletions" in str(info.value) and repr(cap) in str(info.value)
@@ -467,7 +446,6 @@ def test_a_batch_size_too_large_for_the_stores_fails_at_start_not_mid_cleanup(
 ) -> None:
     """SPEC section 8: invalid values fail at start. 2**64 passes validation today, then the
     first cleanup dies with OverflowError inside the metadata store (SQLite INTEGER)."""
-    tried()
     env = {"RLM_DATA_DIR": str(tmp_path / "data"), "RLM_BATCH_SIZE": str(2**64)}
     try:
         settings = Settings.from_env(env)
@@ -504,7 +482,6 @@ def test_every_variable_is_classified() -> None:
     ],
 )
 def test_a_malformed_variable_fails_naming_it(variable: str, value: str) -> None:
-    tried()
     with pytest.raises(SettingsError) as info:
         Settings.from_env({variable: value})
     message = str(info.value)
@@ -532,7 +509,6 @@ def test_the_longest_allowed_ttls_keep_every_date_computation_in_range(
     patient = LifecycleManager(settings, manager.stores, manager.clock)
     kept, _ = good_document(patient, 90 * DAY)
     manager.stores.cache().seed([CacheSeed(b"cache:idle", b"v", None, idle_seconds=7200)])
-    tried()
     assert all(m.usage_percentage >= 0 for m in patient.metrics().values())
     report = patient.cleanup()
     assert report.success, report.errors
@@ -573,7 +549,6 @@ def test_the_rlm_command_fails_with_one_message_and_no_traceback(
     clean = {k: v for k, v in os.environ.items() if k not in ENV_VARIABLES}
     clean.update({k: v.format(**names) for k, v in env.items()})
     clean.update(RLM_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "home"))
-    tried()
     done = subprocess.run(
         [str(RLM), *(a.format(**names) for a in argv)],
         env=clean,

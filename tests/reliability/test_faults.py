@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from bson import ObjectId
@@ -27,14 +26,12 @@ from rlm_core.adapters.qdrant_vectors import connect_qdrant
 from rlm_core.adapters.redis_cache import connect_redis
 from rlm_core.adapters.s3_objects import connect_minio
 from rlm_core.clock import FakeClock
-from rlm_core.ports import CacheSeed, StoreError
-from rlm_core.stores import Stores
+from rlm_core.ports import CacheSeed, StoreError, VectorPoint
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.faults import Crash, FaultPlan, faulty
+from tests.faults import Crash, FaultPlan, OnCall, Phase, faulty, hooked
 from tests.services import RedisServer, S3Server, free_port, redis_server, s3_server
 
 DAY = timedelta(days=1)
-FAULTS = {"injected": 0}
 
 
 @pytest.fixture
@@ -67,37 +64,9 @@ def server_settings(tmp_path: Path, redis: RedisServer, s3: S3Server | None) -> 
     return Settings.from_env(env)
 
 
-class Hook:
-    """Wraps one adapter: runs `action` once, after `after` calls of method `name`."""
-
-    def __init__(self, inner: Any, name: str, after: int, action: Any) -> None:
-        self._inner, self._name, self._after, self._action = inner, name, after, action
-        self.calls = 0
-
-    def __getattr__(self, attr: str) -> Any:
-        value = getattr(self._inner, attr)
-        if attr != self._name:
-            return value
-
-        def hooked(*args: Any, **kwargs: Any) -> Any:
-            if self.calls == self._after:
-                self._action()
-                FAULTS["injected"] += 1
-            self.calls += 1
-            return value(*args, **kwargs)
-
-        return hooked
-
-
-def with_hook(stores: Stores, store: str, hook: Hook) -> Stores:
-    parts = {
-        "cache": stores.cache,
-        "vectors": stores.vectors,
-        "objects": stores.objects,
-        "metadata": stores.metadata,
-    }
-    parts[store] = lambda: hook  # type: ignore[assignment,return-value]
-    return Stores(parts["cache"], parts["vectors"], parts["objects"], parts["metadata"])
+def with_hook(manager: LifecycleManager, hook: OnCall) -> LifecycleManager:
+    """The same stores, with `hook` run around every call."""
+    return LifecycleManager(manager.settings, hooked(manager.stores, hook), manager.clock)
 
 
 def build(manager: LifecycleManager, expired: int, live: int) -> tuple[list[str], list[str]]:
@@ -106,7 +75,6 @@ def build(manager: LifecycleManager, expired: int, live: int) -> tuple[list[str]
     stores.metadata().ensure_indexes()
     stores.vectors().ensure_collection()
     stores.objects().ensure_bucket()
-    from rlm_core.ports import VectorPoint
 
     ids: dict[bool, list[str]] = {True: [], False: []}
     for i in range(expired + live):
@@ -159,7 +127,8 @@ def assert_live_intact(manager: LifecycleManager, live: list[str]) -> None:
     assert set(docs) == set(live), "a live document was deleted"
     keys = {o.key for o in stores.objects().iter_objects()}
     assert all(d.minio_key in keys for d in docs.values()), "a live document lost its object"
-    assert stores.vectors().count_for_documents(live) == 3 * len(live)
+    points = [p for batch in stores.vectors().iter_points(100) for p in batch]
+    assert sum(p.document_id in live for p in points) == 3 * len(live)
     cache_keys = [f"doc:text:{d}".encode() for d in live]
     assert stores.cache().existing(cache_keys) == cache_keys
 
@@ -171,9 +140,10 @@ def test_redis_killed_mid_cascade_reports_retries_and_completes(
     manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
     try:
         expired, live = build(manager, expired=10, live=5)
-        hook = Hook(manager.stores.cache(), "existing", 1, own_redis.stop)
-        broken = LifecycleManager(settings, with_hook(manager.stores, "cache", hook), manager.clock)
-        report = broken.cleanup()
+        # Redis dies right before the cascade's second batch unlinks its text keys.
+        hook = OnCall("cache", "unlink", 1, own_redis.stop)
+        report = with_hook(manager, hook).cleanup()
+        assert hook.fired == 1
         assert not report.success
         text = " | ".join(report.errors)
         assert f"127.0.0.1:{own_redis.port}" in text and "Redis" in text, text
@@ -200,17 +170,17 @@ def test_redis_killed_mid_scan_reports_then_the_retry_sweeps(
     manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
     idle = [CacheSeed(f"cache:{i}".encode(), b"x", None, idle_seconds=7200) for i in range(30)]
     foreign = [
-        CacheSeed(f"blacklist:{i}".encode(), b"tok", None, idle_seconds=9e4) for i in range(5)
+        CacheSeed(f"blacklist:{i}".encode(), b"tok", None, idle_seconds=90_000) for i in range(5)
     ]
 
     def seed() -> None:
-        manager.stores.cache().seed([*idle, *foreign])  # type: ignore[list-item]
+        manager.stores.cache().seed([*idle, *foreign])
 
     try:
         seed()
-        hook = Hook(manager.stores.cache(), "unlink_idle", 1, own_redis.stop)
-        broken = LifecycleManager(settings, with_hook(manager.stores, "cache", hook), manager.clock)
-        report = broken.cleanup(ResourceType.REDIS_CACHE)
+        hook = OnCall("cache", "unlink_idle", 1, own_redis.stop)
+        report = with_hook(manager, hook).cleanup(ResourceType.REDIS_CACHE)
+        assert hook.fired == 1
         assert len(report.errors) == 1
         assert report.errors[0].startswith("redis: Redis UNLINK of idle keys failed on 127.0.0.1:")
         assert report.deleted_counts["redis"] == 4  # one batch went before the kill
@@ -232,12 +202,10 @@ def test_s3_stopped_mid_cascade_reports_retries_and_completes(
     manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
     try:
         expired, live = build(manager, expired=10, live=5)
-        hook = Hook(manager.stores.objects(), "remove", 1, own_s3.stop)
-        broken = LifecycleManager(
-            settings, with_hook(manager.stores, "objects", hook), manager.clock
-        )
+        hook = OnCall("objects", "remove", 1, own_s3.stop)
         started = time.monotonic()
-        report = broken.cleanup(ResourceType.MINIO_FILES)
+        report = with_hook(manager, hook).cleanup(ResourceType.MINIO_FILES)
+        assert hook.fired == 1
         assert time.monotonic() - started < 60, "a dead S3 server must fail fast"
         text = " | ".join(report.errors)
         assert "S3 remove_objects on bucket" in text and settings.minio_bucket in text, text
@@ -259,10 +227,11 @@ def test_s3_down_for_a_listing_keeps_everything(
     tmp_path: Path, own_redis: RedisServer, own_s3: S3Server
 ) -> None:
     settings = server_settings(tmp_path, own_redis, own_s3)
-    manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
+    clock = FakeClock(datetime.now(UTC))
+    manager = LifecycleManager.from_settings(settings, clock=clock)
     try:
         _, live = build(manager, expired=0, live=3)
-        manager.clock.advance(days=30)  # every object is old now; documents are expired too
+        clock.advance(days=30)  # every object is old now; documents are expired too
         manager.stores.metadata().insert_raw(
             "chat_sessions",
             [
@@ -274,7 +243,6 @@ def test_s3_down_for_a_listing_keeps_everything(
             ],
         )
         own_s3.stop()
-        FAULTS["injected"] += 1
         report = manager.cleanup()
         assert any(e.startswith("minio: S3 list_objects") for e in report.errors), report.errors
         own_s3.start()
@@ -293,7 +261,6 @@ def test_a_frozen_redis_is_given_up_on_within_the_timeout(
     try:
         manager.stores.cache().seed([CacheSeed(b"cache:a", b"x", None, idle_seconds=7200)])
         own_redis.process.send_signal(signal.SIGSTOP)
-        FAULTS["injected"] += 1
         try:
             started = time.monotonic()
             report = manager.cleanup(ResourceType.REDIS_CACHE)
@@ -323,48 +290,85 @@ def test_unreachable_servers_fail_fast_with_a_clear_error_and_spare_the_others(
     manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
     try:
         manager.stores.cache().seed([CacheSeed(b"cache:old", b"x", None, idle_seconds=7200)])
-        FAULTS["injected"] += 2
         started = time.monotonic()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # qdrant-client: "Failed to obtain server version"
             report = manager.cleanup()
+            with pytest.raises(StoreError, match="Qdrant"):
+                manager.metrics([ResourceType.QDRANT_VECTORS])
         assert time.monotonic() - started < 30
         errors = " | ".join(report.errors)
-        assert "mongodb: MongoDB iter_documents failed" in errors, errors
-        assert "qdrant: Qdrant" in errors, errors
-        assert report.deleted_counts["redis"] == 1  # the healthy store was still cleaned
+        assert errors.startswith("mongodb: ") and "MongoDB" in errors, errors
+        assert f"127.0.0.1:{dead}" in errors, errors
+        # References cannot be read: the full run deletes nothing (SPEC 4.1 (2)) ...
+        assert report.total_deleted == 0
+        # ... while the healthy store's own sweep, which needs no references, still runs.
+        redis = manager.cleanup(ResourceType.REDIS_CACHE)
+        assert redis.success and redis.deleted_counts["redis"] == 1, redis.errors
     finally:
         manager.close()
 
 
+# Where the cascade dies: (phase, call, whether the object is already gone).
+CASCADE_CRASHES: dict[str, tuple[Phase, str, bool]] = {
+    "after-claim": ("after", "metadata.claim_documents", False),
+    "after-points": ("after", "vectors.delete_for_documents", False),
+    "after-object": ("after", "objects.remove", True),
+    "before-record": ("before", "metadata.delete_documents", True),
+}
+
+
+@pytest.mark.parametrize("point", list(CASCADE_CRASHES))
 def test_crash_mid_cascade_then_a_reupload_of_the_same_file_keeps_the_users_file(
-    tmp_path: Path,
+    tmp_path: Path, point: str
 ) -> None:
-    """A cascade that died after removing the object leaves the record for the next run
-    (SPEC section 4). If the user re-uploads the same bytes before that run, dedup must not
-    resolve the upload to the half-deleted document and throw the new copy away."""
+    """A cascade that died mid-way leaves the record (claimed) for the next run (SPEC section
+    4). If the user re-uploads the same bytes before that run, dedup must not resolve the upload
+    to the half-deleted document and throw the new copy away, and the next run must not take
+    the re-uploaded file either."""
+    when, call, object_gone = CASCADE_CRASHES[point]
     settings = Settings.from_env({"RLM_DATA_DIR": str(tmp_path / "data")})
     clock = FakeClock(datetime.now(UTC))
     manager = LifecycleManager.from_settings(settings, clock=clock)
     try:
         manager.stores.vectors().ensure_collection()
         first = manager.ingest("user-1", "contract.pdf", io.BytesIO(b"signed" * 500))
+        manager.stores.vectors().upsert(
+            [
+                VectorPoint(
+                    str(uuid.uuid4()),
+                    [0.1] * 384,
+                    {
+                        "session_id": f"upload_{first.document_id}",
+                        "document_id": first.document_id,
+                        "chunk_id": c,
+                        "created_at": clock.now().timestamp(),
+                    },
+                )
+                for c in range(2)
+            ]
+        )
         with manager.stores.metadata()._locked() as conn:  # type: ignore[attr-defined]
             conn.execute("UPDATE documents SET body = json_set(body, '$.status', 'ready')")
         clock.advance(days=8)
-        plan = FaultPlan(crash_after=2)  # points and object go; the record delete never runs
+        plan = FaultPlan(crash_after=0, when=when, on={call})
         with pytest.raises(Crash):
             LifecycleManager(settings, faulty(manager.stores, plan), clock).cleanup(
                 ResourceType.MONGODB_METADATA
             )
-        FAULTS["injected"] += 1
-        assert plan.injected == ["crash:metadata.delete_documents"]
+        assert plan.injected == [f"{'crash' if when == 'before' else 'crash-after'}:{call}"]
+        assert manager.stores.objects().exists(first.minio_key) is not object_gone
         again = manager.ingest("user-1", "contract.pdf", io.BytesIO(b"signed" * 500))
         # Whatever id comes back, the file the user was told is stored must exist.
         assert manager.stores.objects().exists(again.minio_key), (
             f"ingest returned {again} but its object is gone: the re-uploaded copy was removed "
             f"as a duplicate of half-expired document {first.document_id}"
         )
+        manager.cleanup(ResourceType.MONGODB_METADATA)
+        record = manager.stores.metadata().get_documents([again.document_id])
+        assert again.document_id in record, f"the next run expired the re-upload {again}"
+        key = record[again.document_id].minio_key
+        assert key is not None and manager.stores.objects().exists(key)
     finally:
         manager.close()
 
