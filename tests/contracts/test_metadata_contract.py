@@ -1,4 +1,5 @@
-"""MetadataStore contract: the Mongo API (mongomock) and the embedded SQLite store behave alike."""
+"""MetadataStore contract: the Mongo API (mongomock), the embedded SQLite store and the in-memory
+fake (tests/fakes/) behave alike."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from rlm_core.ports import (
     StoreError,
     Touch,
 )
+from tests.fakes import MemoryMetadata, MemoryMongo
 from tests.services import free_port
 
 NOW = datetime(2025, 1, 20, 15, 30, tzinfo=UTC)
@@ -41,12 +43,14 @@ HASH = "ab" * 32
 PATHS = ("documents", "attached_file_ids", "messages", "conversation_id")
 
 
-@pytest.fixture(params=["mongo", "sqlite"])
+@pytest.fixture(params=["mongo", "sqlite", "fakes"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataStore]:
     """An adapter over an empty database, indexes in place."""
     adapter: MetadataStore
     if request.param == "mongo":
         adapter = MongoMetadataStore(request.getfixturevalue("mongo_db"))
+    elif request.param == "fakes":
+        adapter = MemoryMetadata(MemoryMongo())
     else:
         adapter = SqliteMetadataStore(tmp_path / "metadata.sqlite3")
     adapter.ensure_indexes()

@@ -1,4 +1,5 @@
-"""ObjectStore contract: S3 over HTTP (moto's server) and the on-disk store behave alike."""
+"""ObjectStore contract: S3 over HTTP (moto's server), the on-disk store and the in-memory fake
+(tests/fakes/) behave alike."""
 
 from __future__ import annotations
 
@@ -15,17 +16,20 @@ from rlm_core.adapters.disk_objects import TEMP_PREFIX, DiskObjectStore
 from rlm_core.adapters.s3_objects import S3ObjectStore, connect_minio, split_endpoint
 from rlm_core.ports import MissingStoreError, ObjectStore, StoreError
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.fakes import MemoryObjects, MemoryS3
 from tests.services import S3Server, free_port
 
 MANY = 1500  # crosses a 1000-key listing page and a 1000-key delete request
 
 
-@pytest.fixture(params=["s3", "disk"])
+@pytest.fixture(params=["s3", "disk", "fakes"])
 def fresh_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """An adapter whose bucket does not exist yet."""
     if request.param == "s3":
         client: Minio = request.getfixturevalue("minio_client")
         return S3ObjectStore(client, request.getfixturevalue("bucket_name"))
+    if request.param == "fakes":
+        return MemoryObjects(MemoryS3(), "documents")
     return DiskObjectStore(tmp_path / "objects", "documents")
 
 

@@ -4,6 +4,7 @@ No Qdrant server is available on this machine, so local mode is the only engine 
 same suite is meant to run against a server by adding a factory that reads QDRANT_URL. Both
 delete strategies run on it: `scan` (what local mode uses: one scroll, delete by id) and
 `filter` (what a server gets: delete-by-filter, which the local engine evaluates the same way).
+The in-memory fake (tests/fakes/) runs it too; its deletes re-check as the scan path does.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from qdrant_client import QdrantClient, models
 from rlm_core.adapters import qdrant_vectors
 from rlm_core.adapters.qdrant_vectors import QdrantVectorStore, connect_qdrant
 from rlm_core.ports import PointInfo, PointRef, StoreError, VectorPoint
+from tests.fakes import MemoryQdrant, MemoryVectors
 
 COLLECTION = "rag_documents"
 SIZE = 384
 
 
-@pytest.fixture(params=["local-scan", "local-filter"])
-def vectors(request: pytest.FixtureRequest) -> Iterator[QdrantVectorStore]:
+@pytest.fixture(params=["local-scan", "local-filter", "fakes"])
+def vectors(request: pytest.FixtureRequest) -> Iterator[QdrantVectorStore | MemoryVectors]:
     """Each adapter and delete strategy over a collection that does not exist yet."""
+    if request.param == "fakes":
+        yield MemoryVectors(MemoryQdrant(), COLLECTION, SIZE)
+        return
     client: QdrantClient = request.getfixturevalue("qdrant_client")
     store = QdrantVectorStore(client, COLLECTION, SIZE)
     assert store.scan_deletes, "local mode is detected from the client"
@@ -120,6 +125,8 @@ def test_payload_size_only_when_asked(vectors: QdrantVectorStore) -> None:
     assert (all_points(vectors, with_payload_size=True)[0].payload_bytes or 0) > 500
 
 
+# A second adapter over the same qdrant_client: about qdrant-client's collection config.
+@pytest.mark.parametrize("vectors", ["local-scan", "local-filter"], indirect=True)
 def test_point_bytes_come_from_the_collection_config(
     vectors: QdrantVectorStore, qdrant_client: QdrantClient
 ) -> None:
@@ -264,12 +271,13 @@ CHANGED_INTO_A_LIST: dict[str, Callable[[float, float], dict[str, Any]]] = {
 }
 
 
+@pytest.mark.parametrize("vectors", ["local-scan", "fakes"], indirect=True)
 @pytest.mark.parametrize("change", CHANGED_INTO_A_LIST.values(), ids=CHANGED_INTO_A_LIST)
 def test_the_scan_path_keeps_a_point_changed_into_a_list(
-    qdrant_client: QdrantClient, change: Callable[[float, float], dict[str, Any]]
+    vectors: QdrantVectorStore, change: Callable[[float, float], dict[str, Any]]
 ) -> None:
-    scan = QdrantVectorStore(qdrant_client, COLLECTION, SIZE, scan_deletes=True)
-    _changed_point_stays(scan, change)
+    assert vectors.scan_deletes
+    _changed_point_stays(vectors, change)
 
 
 @pytest.mark.parametrize("change", CHANGED_AFTER_JUDGEMENT.values(), ids=CHANGED_AFTER_JUDGEMENT)

@@ -12,8 +12,10 @@ import pytest
 
 from rlm_core import LifecycleManager, Settings
 from rlm_core.clock import FakeClock
+from tests.fakes import MemoryQdrant, MemoryVectors
+from tests.lifecycle import shapes
 from tests.lifecycle.world import World
-from tests.stack import STACKS, build_manager
+from tests.stack import MANAGER_STACKS, build_manager
 
 
 @pytest.fixture
@@ -28,12 +30,15 @@ def settings(tmp_path: Path, bucket_name: str) -> Settings:
     return replace(base, minio_bucket=bucket_name, batch_size=50)
 
 
-@pytest.fixture(params=STACKS)
+@pytest.fixture(params=MANAGER_STACKS)
 def manager(
     request: pytest.FixtureRequest, settings: Settings, clock: FakeClock
 ) -> Iterator[LifecycleManager]:
-    """A LifecycleManager over real servers (redis-server, S3 over HTTP, Qdrant local, mongomock) or embedded."""
+    """A LifecycleManager over real servers (redis-server, S3 over HTTP, Qdrant local, mongomock), embedded, or the fakes."""
     mgr = build_manager(request, settings, clock)
+    if request.param == "fakes":
+        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+        monkeypatch.setattr(shapes, "QdrantVectorStore", memory_vectors)
     yield mgr
     mgr.close()
 
@@ -43,6 +48,14 @@ def world(manager: LifecycleManager, clock: FakeClock) -> World:
     w = World(manager.stores, clock)
     w.setup()
     return w
+
+
+def memory_vectors(
+    client: MemoryQdrant, collection: str, vector_size: int, scan_deletes: bool | None = None
+) -> MemoryVectors:
+    """What shapes.with_vectors and with_serialized_qdrant rebuild over the fakes: the fake has
+    one delete path (the scan path's re-check), whichever of Qdrant's two a test asks for."""
+    return MemoryVectors(client, collection, vector_size)
 
 
 def raw_redis(manager: LifecycleManager) -> Any:
