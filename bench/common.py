@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +71,10 @@ def run_worker(target: str, params: dict[str, Any], timeout: float = 900) -> dic
     The child's own rusage (os.wait4) is read, so peaks of different workloads never mix.
     """
     cmd = [PYTHON, "-m", "bench.worker", target, json.dumps(params)]
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, env=_env())
+    # rlm's structured events (one JSON line per metrics() call) go to the worker's stderr:
+    # kept aside, shown only when the worker fails.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=err, env=_env())
         deadline = time.monotonic() + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -86,8 +88,12 @@ def run_worker(target: str, params: dict[str, Any], timeout: float = 900) -> dic
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         text = out.read().decode()
+        err.seek(0)
+        errors = err.read().decode(errors="replace")
     if proc.returncode != 0:
-        raise RuntimeError(f"worker {target} failed ({proc.returncode}): {text[-2000:]}")
+        raise RuntimeError(
+            f"worker {target} failed ({proc.returncode}): {text[-2000:]}{errors[-3000:]}"
+        )
     result: dict[str, Any] = json.loads(text.strip().splitlines()[-1])
     # ru_maxrss of a child also counts the forked copy of this (bigger) parent before exec, so
     # the peak is the child's own VmHWM, reported by bench.worker as it exits.
@@ -101,6 +107,48 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT)
     env.setdefault("PYTHONHASHSEED", "0")
     return env
+
+
+def loaded_rss() -> float:
+    """Reset this process's peak RSS (VmHWM) to its RSS now and return that, in MiB: the loaded
+    baseline (interpreter, clients, and for local-mode Qdrant the collection) above which a
+    run's growth is measured, the same way for every store."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    return vm_kb("VmRSS") / 1024.0
+
+
+def growth(result: dict[str, Any]) -> float:
+    """A worker's peak RSS above its loaded baseline, MiB (0 when the peak was the baseline:
+    VmHWM lags VmRSS by a page or two)."""
+    return max(0.0, float(result["peak_rss_mb"] - result["base_rss_mb"]))
+
+
+@dataclass
+class Memory:
+    """Per store size: RSS growth above the loaded baseline (rlm's run and the raw baseline's,
+    medians) and rlm's own tracemalloc peak in KiB (one traced run)."""
+
+    growth: dict[int, float] = field(default_factory=dict)
+    raw_growth: dict[int, float] = field(default_factory=dict)
+    own_kb: dict[int, float] = field(default_factory=dict)
+
+    def rows(self, bench: str, raw_name: str, note: str = "") -> list[Row]:
+        """rlm's own peak at 10x vs 1x (goal <= 1.2x) and the RSS growth rows, explained."""
+        if len(self.own_kb) < 2:
+            return []
+        small, big = min(self.own_kb), max(self.own_kb)
+        scale = f"{big // small}x size ({big:,}) vs 1x ({small:,})"
+        own = ratio(self.own_kb[big], self.own_kb[small])
+        return [
+            Row(bench, f"rlm's own peak KiB (tracemalloc, rlm_core frames) at {scale}",
+                self.own_kb[big], self.own_kb[small], own, "<= 1.2x",
+                own is not None and own <= 1.2, note),
+            Row(bench, f"process RSS growth MB above the loaded baseline at {scale}",
+                self.growth[big], self.growth[small], ratio(self.growth[big], self.growth[small]),
+                note=f"{raw_name} grows {self.raw_growth[small]:.1f} -> "
+                f"{self.raw_growth[big]:.1f} MB on the same data"),
+        ]  # fmt: skip
 
 
 def vm_kb(field: str) -> int:

@@ -1,12 +1,20 @@
-"""Request counters: a urllib3 PoolManager for the minio client, a proxy for any store/client."""
+"""Request counters and rlm's own memory: a urllib3 PoolManager for the minio client, a proxy for
+any store or client (a generator counts one request per page it yields), SQL statements of the
+embedded metadata store, and a tracemalloc sampler filtered to rlm's modules."""
 
 from __future__ import annotations
 
+import inspect
 import time
+import tracemalloc
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import urllib3
+
+RLM_CORE = Path(__file__).resolve().parent.parent / "rlm_core"
 
 
 class CountingPoolManager(urllib3.PoolManager):
@@ -37,12 +45,18 @@ def _kind(method: str, url: str) -> str:
 
 
 class CountingProxy:
-    """Wraps an object; counts calls (and their seconds) of its public methods by name."""
+    """Wraps an object; counts calls of its public methods by name. With `paged`, a call that
+    returns a generator counts one per item it yields (each item is a page the store sent), at
+    least one; otherwise (a stream of single items) it counts once.
+    `on_call` runs after each call and each page (the memory sampler hooks in there)."""
 
-    def __init__(self, target: Any) -> None:
+    def __init__(
+        self, target: Any, on_call: Callable[[], None] | None = None, paged: bool = True
+    ) -> None:
         self._target = target
+        self._on_call = on_call
+        self._paged = paged
         self.calls: Counter[str] = Counter()
-        self.seconds: Counter[str] = Counter()
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._target, name)
@@ -50,11 +64,136 @@ class CountingProxy:
             return value
 
         def counted(*args: Any, **kwargs: Any) -> Any:
+            result = value(*args, **kwargs)
+            if inspect.isgenerator(result) and self._paged:
+                return self._pages(name, result)
             self.calls[name] += 1
-            start = time.perf_counter()
-            try:
-                return value(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - start
+            self._after()
+            return result
 
         return counted
+
+    def _pages(self, name: str, pages: Iterator[Any]) -> Iterator[Any]:
+        yielded = 0
+        for page in pages:
+            yielded += 1
+            self.calls[name] += 1
+            self._after()
+            yield page
+        if not yielded:
+            self.calls[name] += 1
+
+    def _after(self) -> None:
+        if self._on_call is not None:
+            self._on_call()
+
+
+def counting_redis(port: int) -> Any:
+    """A redis.Redis that counts its round trips: each command or script call is one, and each
+    pipeline is one however many commands it carries."""
+    import redis
+
+    class CountingRedis(redis.Redis):
+        round_trips = 0
+
+        def execute_command(self, *args: Any, **options: Any) -> Any:
+            CountingRedis.round_trips += 1
+            return super().execute_command(*args, **options)
+
+        def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+            pipe = super().pipeline(transaction, shard_hint)
+            execute = pipe.execute
+
+            def counted(raise_on_error: bool = True) -> Any:
+                CountingRedis.round_trips += 1
+                return execute(raise_on_error)
+
+            pipe.execute = counted  # type: ignore[method-assign]
+            return pipe
+
+    return CountingRedis(port=port)
+
+
+class _CountingConnection:
+    """A sqlite3 connection that counts the statements sent (transaction control aside)."""
+
+    def __init__(self, conn: Any, counts: Counter[str]) -> None:
+        self._conn = conn
+        self._counts = counts
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._count(sql)
+        return self._conn.execute(sql, *args)
+
+    def executemany(self, sql: str, *args: Any) -> Any:
+        self._count(sql)
+        return self._conn.executemany(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    def _count(self, sql: str) -> None:
+        verb = sql.split(None, 1)[0].upper() if sql.strip() else ""
+        if verb not in {"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "PRAGMA"}:
+            self._counts[verb.lower()] += 1
+
+
+def count_statements(store: Any) -> Counter[str]:
+    """Count every SQL statement an embedded SqliteMetadataStore sends from now on: the stand-in
+    for a Mongo round trip (a page query counts like a getMore; BEGIN/COMMIT are not counted)."""
+    counts: Counter[str] = Counter()
+    store._conn = _CountingConnection(store._conn, counts)
+    return counts
+
+
+class OwnMemory:
+    """Peak bytes held by allocations made in rlm_core's own code (tracemalloc, innermost frame
+    in rlm_core), sampled after every store call and page and at every audit write.
+
+    Started once the store is loaded, so only what the measured run allocates is traced; the
+    store clients' own buffers (redis-py, minio, qdrant-client's local engine) are not rlm's.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = str(RLM_CORE) + "/"
+        self.peak = 0
+        self.top: list[tuple[str, int]] = []
+        self.samples = 0
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        from rlm_core.audit import AuditLog
+
+        record = AuditLog.record
+
+        def sampled(log: AuditLog, entries: list[Any]) -> None:
+            self.sample()
+            record(log, entries)
+
+        AuditLog.record = sampled  # type: ignore[method-assign]
+        tracemalloc.start(1)
+
+    def sample(self) -> None:
+        if not tracemalloc.is_tracing():
+            return
+        start = time.perf_counter()
+        # The raw traces (what take_snapshot wraps): Snapshot.filter_traces runs fnmatch per
+        # trace in Python, ~10 us each, which made sampling the whole cost of a traced run.
+        # Each trace is (domain, size, ((filename, lineno), ...), total frames).
+        prefix = self._prefix
+        ours = [t for t in tracemalloc._get_traces() if t[2][0][0].startswith(prefix)]  # type: ignore[attr-defined]
+        held = sum(t[1] for t in ours)
+        if held > self.peak:
+            self.peak = held
+            sites: Counter[str] = Counter()
+            for t in ours:
+                sites[f"{t[2][0][0][len(prefix) :]}:{t[2][0][1]}"] += t[1]
+            self.top = sites.most_common(3)
+        self.samples += 1
+        self.seconds += time.perf_counter() - start
+
+    def stop(self) -> dict[str, Any]:
+        self.sample()
+        tracemalloc.stop()
+        top = ", ".join(f"{site} {size / 1024:.0f} KiB" for site, size in self.top)
+        return {"own_peak_kb": self.peak / 1024.0, "own_samples": self.samples, "own_top": top}

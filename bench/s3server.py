@@ -7,8 +7,11 @@ moto's `list_objects_v2` (moto/s3/models.py, `S3Backend.list_objects_v2` -> `lis
 copies and sorts the whole bucket for every page, so listing N objects costs O(N^2): about
 7 s per 1,000-key page at 100k objects, which would make the server, not the client, the
 whole measurement. `SortedListing` answers the same request from a sorted index of key names
-(bisect to the continuation token, then walk one page), so a page costs O(page). The HTTP
-protocol, the XML, the pagination tokens and the request count are moto's own.
+(bisect to the continuation token, then walk one page), so a page costs O(page). moto then
+renders the page through its generic botocore-model serializer (~110 ms per 1,000 keys on an
+idle core, 0.6 s under load): `render_list_v2` writes the same ListObjectsV2 XML directly, as a
+real S3 server does in a few ms. The HTTP protocol, the pagination tokens and the request count
+are moto's own.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from __future__ import annotations
 import bisect
 import sys
 from typing import Any
+from xml.sax.saxutils import escape
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.s3.models import FakeDeleteMarker, S3Backend, s3_backends
+from moto.s3.responses import S3Response
 
 BODY = b"%PDF-1.4 bench object\n" * 3
 
@@ -83,6 +88,51 @@ class SortedListing:
         return self.backend._truncate_result(page, max_keys)
 
 
+_ORIGINAL_LIST_V2 = S3Response.list_objects_v2
+
+
+def render_list_v2(self: S3Response) -> Any:
+    """ListObjectsV2 for a flat listing, the XML written directly (the same elements moto's
+    serializer writes); anything else goes to moto's own handler."""
+    query = self.querystring
+    plain = not any(query.get(k, [""])[0] for k in ("delimiter", "fetch-owner", "start-after"))
+    if not plain or query.get("continuation-token", [None])[0] == "":
+        return _ORIGINAL_LIST_V2(self)
+    bucket = self.backend.get_bucket(self.bucket_name)
+    prefix = query.get("prefix", [""])[0] or ""
+    max_keys = int(query.get("max-keys", ["1000"])[0])
+    encoding = query.get("encoding-type", [None])[0]
+    keys, truncated, token = self.backend.list_objects_v2(
+        bucket=bucket,
+        prefix=prefix,
+        delimiter=None,
+        continuation_token=query.get("continuation-token", [None])[0],
+        start_after=None,
+        max_keys=max_keys,
+    )
+    parts = [
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+        f"<IsTruncated>{'true' if truncated else 'false'}</IsTruncated>"
+    ]
+    for key in keys:
+        parts.append(
+            f"<Contents><Key>{escape(key.safe_name(encoding))}</Key>"
+            f"<LastModified>{key.last_modified_ISO8601}</LastModified>"
+            f"<ETag>{escape(key.etag)}</ETag><Size>{key.size}</Size>"
+            f"<StorageClass>{key.storage_class}</StorageClass></Contents>"
+        )
+    parts.append(f"<Name>{escape(bucket.name)}</Name><Prefix>{escape(prefix)}</Prefix>")
+    parts.append(f"<MaxKeys>{max_keys}</MaxKeys>")
+    if encoding:
+        parts.append(f"<EncodingType>{escape(encoding)}</EncodingType>")
+    parts.append(f"<KeyCount>{len(keys)}</KeyCount>")
+    if token:
+        parts.append(f"<NextContinuationToken>{token}</NextContinuationToken>")
+    parts.append("</ListBucketResult>")
+    return 200, {"Content-Type": "application/xml"}, "".join(parts)
+
+
 def main() -> None:
     port = int(sys.argv[1])
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -90,6 +140,7 @@ def main() -> None:
     print("ready", flush=True)
     backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
     SortedListing(backend)
+    S3Response.list_objects_v2 = render_list_v2  # type: ignore[method-assign]
     for line in sys.stdin:
         parts = line.split()
         if not parts:

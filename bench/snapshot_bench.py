@@ -1,21 +1,91 @@
-"""Snapshot of all four stores: LifecycleManager.metrics() time and peak RSS."""
+"""Snapshot (LifecycleManager.metrics) of each store against a raw-client scan of the same store
+in the same process: Redis SCAN + pipelined MEMORY USAGE, TTL and OBJECT IDLETIME; the S3
+listing; Qdrant count + one scroll of created_at; one aggregate query on the metadata store."""
 
 from __future__ import annotations
 
+import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import qdrant_bench, redis_bench, s3_bench
-from bench.common import Row, log, median, redis_server, run_worker, vm_kb
+from bench.common import (
+    Memory,
+    Row,
+    loaded_rss,
+    log,
+    median,
+    ratio,
+    redis_server,
+    run_worker,
+    vm_kb,
+)
+
+REPEAT_MAX = 5
+REPEAT_WHILE_UNDER = 0.5  # seconds
+STORES = ("REDIS_CACHE", "QDRANT_VECTORS", "MINIO_FILES", "MONGODB_METADATA")
+RAW = {
+    "REDIS_CACHE": "SCAN + pipelined MEMORY USAGE/TTL/OBJECT IDLETIME",
+    "QDRANT_VECTORS": "count + one scroll of created_at",
+    "MINIO_FILES": "the listing",
+    "MONGODB_METADATA": "one aggregate query",
+}
 
 
-def rlm_metrics(params: dict[str, Any]) -> dict[str, Any]:
+def snapshot(params: dict[str, Any]) -> dict[str, Any]:
+    """metrics() of each store and the raw scan of each, in the order params["order"] says.
+
+    With params["trace"], only rlm's metrics() runs, with its own allocations traced."""
+    from rlm_core.domain import ResourceType
+
+    qdrant, _, _, _ = qdrant_bench._setup(params["points"], params["vector_size"])
+    manager, own = _manager(params, qdrant)
+    if params.get("trace"):
+        loaded_rss()
+        own.start()
+        manager.metrics([ResourceType[s] for s in STORES])
+        return own.stop()
+    raw = _raw_scans(params, qdrant)
+    out: dict[str, Any] = {}
+    for part in params["order"]:
+        seconds: dict[str, float] = {}
+        base = loaded_rss()
+        for store in STORES:
+            if part == "rlm":
+                rt = ResourceType[store]
+                seconds[store], items = _best(lambda rt=rt: manager.metrics([rt])[rt].total_items)
+            else:
+                seconds[store], items = _best(raw[store])
+            out[f"{part}_items_{store}"] = items
+        out[part] = seconds
+        out[f"{part}_growth_mb"] = max(0.0, vm_kb("VmHWM") / 1024.0 - base)
+    return out
+
+
+def _best(scan: Callable[[], int]) -> tuple[float, int]:
+    """The fastest of a few scans while they stay short (a scan of a small store takes a few
+    ms, where one scheduler hiccup on a shared machine would be the whole figure)."""
+    best, spent, items = float("inf"), 0.0, 0
+    for _ in range(REPEAT_MAX):
+        start = time.perf_counter()
+        items = scan()
+        took = time.perf_counter() - start
+        best, spent = min(best, took), spent + took
+        if spent > REPEAT_WHILE_UNDER:
+            break
+    return best, items
+
+
+def _manager(params: dict[str, Any], qdrant: Any) -> tuple[Any, Any]:
+    """A LifecycleManager on the four stores, each adapter opened before anything is timed."""
     import redis
     from minio import Minio
 
+    from bench.counting import CountingProxy, OwnMemory
     from rlm_core.adapters.qdrant_vectors import QdrantVectorStore
     from rlm_core.adapters.redis_cache import RedisCacheStore
     from rlm_core.adapters.s3_objects import S3ObjectStore
@@ -25,69 +95,171 @@ def rlm_metrics(params: dict[str, Any]) -> dict[str, Any]:
     from rlm_core.settings import Settings
     from rlm_core.stores import Stores
 
-    qdrant, _, _, _ = qdrant_bench._setup(params["points"], params["vector_size"])
-    base_rss = vm_kb("VmRSS") / 1024.0
-    tmp = Path(tempfile.mkdtemp(prefix="rlm-bench-"))
     settings = Settings(
-        data_dir=tmp, minio_bucket=s3_bench.BUCKET, qdrant_vector_size=params["vector_size"]
+        data_dir=Path(tempfile.mkdtemp(prefix="rlm-bench-")),
+        minio_bucket=s3_bench.BUCKET,
+        qdrant_vector_size=params["vector_size"],
     )
+    own = OwnMemory()
     client = redis.Redis(port=params["redis_port"])
     minio = Minio(f"127.0.0.1:{params['s3_port']}", "bench", "bench-secret", secure=False)
+    adapters: list[Any] = [
+        RedisCacheStore(client, settings.redis_cache_key_patterns),
+        QdrantVectorStore(qdrant, qdrant_bench.COLLECTION, params["vector_size"]),
+        S3ObjectStore(minio, s3_bench.BUCKET),
+        SqliteMetadataStore(Path(params["sqlite"]), s3_bench.BUCKET),
+    ]
+    cache, vectors, objects, metadata = (CountingProxy(a, own.sample) for a in adapters)
     stores = Stores(
-        cache=lambda: RedisCacheStore(client, settings.redis_cache_key_patterns),
-        vectors=lambda: QdrantVectorStore(qdrant, qdrant_bench.COLLECTION, params["vector_size"]),
-        objects=lambda: S3ObjectStore(minio, s3_bench.BUCKET),
-        metadata=lambda: SqliteMetadataStore(Path(params["sqlite"]), s3_bench.BUCKET),
+        cache=lambda: cache,  # type: ignore[arg-type,return-value]
+        vectors=lambda: vectors,  # type: ignore[arg-type,return-value]
+        objects=lambda: objects,  # type: ignore[arg-type,return-value]
+        metadata=lambda: metadata,  # type: ignore[arg-type,return-value]
     )
-    manager = LifecycleManager(settings, stores, SystemClock())
-    per_store: dict[str, float] = {}
-    start = time.perf_counter()
-    for rt in ("REDIS_CACHE", "QDRANT_VECTORS", "MINIO_FILES", "MONGODB_METADATA"):
-        from rlm_core.domain import ResourceType
-
-        t0 = time.perf_counter()
-        manager.metrics([ResourceType[rt]])
-        per_store[rt] = time.perf_counter() - t0
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "per_store": per_store, "base_rss_mb": base_rss}
+    return LifecycleManager(settings, stores, SystemClock()), own
 
 
-def run(redis_keys: int, points: int, objects: int, runs: int, vector_size: int) -> list[Row]:
+def _raw_scans(params: dict[str, Any], qdrant: Any) -> dict[str, Callable[[], int]]:
+    """The raw-client scan of each store, clients opened now; each returns the items it saw."""
+    import redis
+    from minio import Minio
+
+    from rlm_core.settings import Settings
+
+    client = redis.Redis(port=params["redis_port"])
+    client.ping()
+    minio = Minio(f"127.0.0.1:{params['s3_port']}", "bench", "bench-secret", secure=False)
+    conn = sqlite3.connect(params["sqlite"])
+    patterns = Settings().redis_cache_key_patterns
+    return {
+        "REDIS_CACHE": lambda: _raw_redis(client, patterns),
+        "QDRANT_VECTORS": lambda: _raw_qdrant(qdrant),
+        "MINIO_FILES": lambda: _raw_s3(minio),
+        "MONGODB_METADATA": lambda: _raw_metadata(conn),
+    }
+
+
+def _raw_redis(client: Any, patterns: tuple[str, ...]) -> int:
+    count = memory = oldest_idle = 0
+    for pattern in patterns:
+        cursor = 0
+        while True:
+            cursor, keys = client.scan(cursor=cursor, match=pattern, count=1000)
+            if keys:
+                pipe = client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.memory_usage(key)
+                    pipe.ttl(key)
+                    pipe.object("idletime", key)
+                replies = pipe.execute()
+                count += len(keys)
+                memory += sum(r or 0 for r in replies[0::3])
+                oldest_idle = max(oldest_idle, *(r or 0 for r in replies[2::3]))
+            if cursor == 0:
+                break
+    return count
+
+
+def _raw_qdrant(client: Any) -> int:
+    total = client.count(qdrant_bench.COLLECTION, exact=True).count
+    oldest: float | None = None
+    offset = None
+    while True:
+        records, offset = client.scroll(
+            qdrant_bench.COLLECTION,
+            limit=qdrant_bench.SCROLL_PAGE,
+            offset=offset,
+            with_payload=["created_at"],
+            with_vectors=False,
+        )
+        for record in records:
+            created = (record.payload or {}).get("created_at")
+            if isinstance(created, float) and (oldest is None or created < oldest):
+                oldest = created
+        if offset is None:
+            return int(total)
+
+
+def _raw_s3(minio: Any) -> int:
+    count = size = 0
+    oldest: datetime | None = None
+    for obj in minio.list_objects(s3_bench.BUCKET, recursive=True):
+        count += 1
+        size += obj.size or 0
+        if oldest is None or obj.last_modified < oldest:
+            oldest = obj.last_modified
+    return count
+
+
+def _raw_metadata(conn: sqlite3.Connection) -> int:
+    ((count, _size, _oldest),) = conn.execute(
+        "SELECT count(*), coalesce(sum(length(CAST(body AS BLOB))), 0), min(created_at) "
+        "FROM documents"
+    ).fetchall()
+    return int(count)
+
+
+def run(sizes: list[tuple[int, int, int]], runs: int, vector_size: int) -> tuple[list[Row], Memory]:
+    """Each (redis keys, points, objects) size `runs` times, rlm and raw in alternating order,
+    plus one traced run of rlm's metrics() per size."""
+    rows: list[Row] = []
+    memory = Memory()
     folder = Path(tempfile.mkdtemp(prefix="rlm-bench-snap-"))
     moto = s3_bench.MotoS3()
     try:
         with redis_server() as port:
-            dataset = redis_bench.build_dataset(port, redis_keys, folder)
-            redis_bench.reset(port, dataset)
             moto.command(f"bucket {s3_bench.BUCKET}")
-            moto.command(f"put {s3_bench.BUCKET} 0 {objects} 1")
-            sqlite = folder / "meta.sqlite3"
-            s3_bench.build_metadata(sqlite, objects, datetime.now(UTC))
-            params = {
-                "redis_port": port,
-                "s3_port": moto.port,
-                "sqlite": str(sqlite),
-                "points": points,
-                "vector_size": vector_size,
-            }
-            results = []
-            for r in range(runs):
-                res = run_worker("bench.snapshot_bench:rlm_metrics", params)
-                results.append(res)
-                log(
-                    f"snapshot run {r + 1}: {res['seconds']:.2f}s {res['per_store']} "
-                    f"rss {res['peak_rss_mb']:.0f}MB (after qdrant load {res['base_rss_mb']:.0f})"
-                )
+            for keys, points, objects in sizes:
+                dataset = redis_bench.build_dataset(port, keys, folder)
+                redis_bench.reset(port, dataset)
+                # Sizes grow: the bigger bucket holds the smaller one's keys and more.
+                moto.command(f"put {s3_bench.BUCKET} 0 {objects} 1")
+                sqlite = folder / f"meta-{objects}.sqlite3"
+                s3_bench.build_metadata(sqlite, objects, datetime.now(UTC))
+                params = {
+                    "redis_port": port,
+                    "s3_port": moto.port,
+                    "sqlite": str(sqlite),
+                    "points": points,
+                    "vector_size": vector_size,
+                }
+                results = []
+                for r in range(runs):
+                    order = ["rlm", "raw"] if r % 2 == 0 else ["raw", "rlm"]
+                    res = run_worker("bench.snapshot_bench:snapshot", {**params, "order": order})
+                    results.append(res)
+                    log(
+                        f"snapshot {keys}/{points}/{objects} run {r + 1}: rlm {res['rlm']} raw {res['raw']}"
+                    )
+                traced = run_worker("bench.snapshot_bench:snapshot", {**params, "trace": True})
+                memory.own_kb[keys] = traced["own_peak_kb"]
+                memory.growth[keys] = median([r["rlm_growth_mb"] for r in results])
+                memory.raw_growth[keys] = median([r["raw_growth_mb"] for r in results])
+                log(f"snapshot {keys} traced: own peak {traced['own_peak_kb']:.0f} KiB")
+                rows += _rows((keys, points, objects), results)
+                dataset.unlink()
     finally:
         moto.close()
-    bench = f"snapshot_{redis_bench._label(redis_keys)}_{points // 1000}k_{objects // 1000}k"
-    per = {k: median([r["per_store"][k] for r in results]) for k in results[0]["per_store"]}
-    per_note = ", ".join(f"{k.split('_')[0].lower()} {v:.1f}s" for k, v in per.items())
-    growth = median([r["peak_rss_mb"] - r["base_rss_mb"] for r in results])
-    return [
-        Row(bench, "seconds (all four stores)", median([r["seconds"] for r in results]), None,
-            None, note=per_note),
-        Row(bench, "peak RSS MB (process)", median([r["peak_rss_mb"] for r in results]), None,
-            None, note=f"includes the local-mode Qdrant collection; growth during metrics() "
-            f"{growth:.0f} MB"),
-    ]  # fmt: skip
+    return rows, memory
+
+
+def _rows(size: tuple[int, int, int], results: list[dict[str, Any]]) -> list[Row]:
+    keys, points, objects = size
+    bench = f"snapshot_{redis_bench._label(keys)}_{points // 1000}k_{objects // 1000}k"
+    rows: list[Row] = []
+    for store in STORES:
+        rlm = median([r["rlm"][store] for r in results])
+        raw = median([r["raw"][store] for r in results])
+        speed = ratio(raw, rlm)
+        same = all(r[f"rlm_items_{store}"] == r[f"raw_items_{store}"] for r in results)
+        items = results[0][f"rlm_items_{store}"]
+        rows.append(
+            Row(bench, f"{store.split('_')[0].lower()}: seconds vs raw {RAW[store]}", rlm, raw,
+                speed, ">= 0.8x", speed is not None and speed >= 0.8 and same,
+                f"{items} items" + ("" if same else "; item counts differ from raw"))
+        )  # fmt: skip
+    rlm_total = median([sum(r["rlm"].values()) for r in results])
+    raw_total = median([sum(r["raw"].values()) for r in results])
+    rows.append(Row(bench, "all four stores: seconds vs the raw scans", rlm_total, raw_total,
+                    ratio(raw_total, rlm_total)))  # fmt: skip
+    return rows

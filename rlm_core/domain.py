@@ -159,3 +159,79 @@ class IngestResult:
     file_hash: str
     size_bytes: int
     minio_key: str
+
+
+@dataclass(frozen=True)
+class StoreErasure:
+    """One store's part of an erasure receipt: items of the user found, deleted (or, in a dry
+    run, that would be), kept with the reason, and what the re-scan after the erase found left."""
+
+    found: int
+    deleted: int
+    kept: dict[str, int] = field(default_factory=dict)
+    left: int | None = None
+    verified: bool | None = None
+    detail: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """This store's entry of the receipt JSON."""
+        out: dict[str, Any] = {
+            "found": self.found,
+            "deleted": self.deleted,
+            "kept": dict(self.kept),
+            "left": self.left,
+            "verified": self.verified,
+        }
+        if self.detail:
+            out["detail"] = dict(self.detail)
+        return out
+
+
+@dataclass(frozen=True)
+class ErasureReceipt:
+    """What one per-user erase did (or, in a dry run, would do) in each store (SPEC section 12).
+
+    `verified` is None in a dry run (nothing was erased, so nothing was re-scanned).
+    """
+
+    run_id: str
+    user_id: str
+    dry_run: bool
+    started_at: datetime
+    finished_at: datetime
+    stores: dict[str, StoreErasure]
+    errors: tuple[str, ...] = ()
+    audit_path: str | None = None
+
+    @property
+    def success(self) -> bool:
+        """True when no store failed and, in a real run, the re-scan found nothing left."""
+        return not self.errors
+
+    @property
+    def verified(self) -> bool | None:
+        """Whether the re-scan after the erase found nothing of the user left in any store."""
+        if self.dry_run:
+            return None
+        return not self.errors and all(s.verified for s in self.stores.values())
+
+    @property
+    def total_deleted(self) -> int:
+        """Items deleted (or that would be) across all stores."""
+        return sum(s.deleted for s in self.stores.values())
+
+    def as_json(self) -> dict[str, Any]:
+        """The receipt as JSON: the CLI prints it, Dagster and the audit keep it."""
+        return {
+            "run_id": self.run_id,
+            "user_id": self.user_id,
+            "dry_run": self.dry_run,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "success": self.success,
+            "verified": self.verified,
+            "total_deleted": self.total_deleted,
+            "stores": {name: store.as_json() for name, store in self.stores.items()},
+            "errors": list(self.errors),
+            "audit_path": self.audit_path,
+        }

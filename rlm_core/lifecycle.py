@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from rlm_core.audit import AuditLog
+from rlm_core.audit import open_audit
 from rlm_core.cleanup.cache import sweep_cache
 from rlm_core.cleanup.context import Budget, Leases, Sweep
 from rlm_core.cleanup.documents import expire_documents
@@ -15,7 +15,14 @@ from rlm_core.cleanup.objects import sweep_orphan_objects
 from rlm_core.cleanup.vectors import sweep_vectors
 from rlm_core.clock import Clock, SystemClock
 from rlm_core.dedup import ingest
-from rlm_core.domain import CleanupReport, IngestResult, ResourceMetrics, ResourceType
+from rlm_core.domain import (
+    CleanupReport,
+    ErasureReceipt,
+    IngestResult,
+    ResourceMetrics,
+    ResourceType,
+)
+from rlm_core.erasure import erase_user
 from rlm_core.events import MONITORING_COMPLETED, log_event
 from rlm_core.monitoring import measure_cache, measure_metadata, measure_objects, measure_vectors
 from rlm_core.policy import Retention
@@ -198,8 +205,8 @@ class LifecycleManager:
             files_ttl=timedelta(days=s.files_ttl_days),
             cache_ttl=timedelta(hours=s.redis_cache_ttl_hours),
         )
-        audit = AuditLog(s.audit_path, run_id, dry_run, now)
-        report = CleanupReport(run_id=run_id, dry_run=dry_run, audit_path=str(audit.path))
+        audit = open_audit(s, run_id, dry_run, now)
+        report = CleanupReport(run_id=run_id, dry_run=dry_run, audit_path=audit.location)
         for store in ("redis", "qdrant", "minio", "mongodb"):
             report.deleted_counts.setdefault(store, 0)
             report.bytes_freed.setdefault(store, 0)
@@ -254,6 +261,28 @@ class LifecycleManager:
             filename=filename,
             stream=stream,
             content_type=content_type,
+        )
+
+    def erase(
+        self,
+        user_id: str,
+        dry_run: bool = False,
+        *,
+        allow_empty: bool = False,
+        run_id: str | None = None,
+    ) -> ErasureReceipt:
+        """Erase every item of one user from the four stores (SPEC section 12); a user id that
+        is blank, or that matches nothing unless allow_empty, raises ValueError."""
+        if not isinstance(dry_run, bool):
+            raise ValueError(f"dry_run: {dry_run!r} is not valid; allowed: True or False")
+        return erase_user(
+            self.settings,
+            self.stores,
+            self.clock,
+            user_id,
+            dry_run=dry_run,
+            allow_empty=allow_empty,
+            run_id=run_id,
         )
 
     def close(self) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from rlm_core.clock import age_hours
 from rlm_core.domain import ResourceMetrics, ResourceType
 from rlm_core.policy import parse_point
-from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, VectorStore
+from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, PointInfo, VectorStore
 from rlm_core.priority import classify_priority
 from rlm_core.settings import Settings
 
@@ -39,14 +40,13 @@ def measure_cache(cache: CacheStore, settings: Settings, now: datetime) -> Resou
 
 
 def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> ResourceMetrics:
-    """Exact point count; size = points x dim x 4 + payload (sampled); oldest created_at."""
+    """Exact point count; size = points x dim x 4 + payload (sampled); oldest created_at.
+
+    One scroll of the lifecycle fields over the whole collection, plus one page that weighs a
+    payload sample (local mode sorts every point id for each scroll request, so requests, not
+    points, are what a pass costs there)."""
     count = vectors.count()
-    oldest: datetime | None = None
-    for batch in vectors.iter_points(settings.batch_size):
-        for point in batch:
-            parsed = parse_point(point)
-            if parsed and (oldest is None or parsed.created_at < oldest):
-                oldest = parsed.created_at
+    oldest = _oldest_created(vectors.iter_points(settings.batch_size))
     payload, sampled = _payload_bytes(vectors, count)
     size = count * settings.qdrant_vector_size * 4 + payload
     age = age_hours(now, oldest) if oldest else 0.0
@@ -54,15 +54,31 @@ def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> 
     return _metrics(ResourceType.QDRANT_VECTORS, usage, settings, now)
 
 
+def _oldest_created(pages: Iterator[list[PointInfo]]) -> datetime | None:
+    """The oldest created_at of the well-formed points: a comparison per point; only a number
+    below the oldest so far is checked in full (parse_point) and turned into a date."""
+    lowest: float | None = None
+    oldest: datetime | None = None
+    for batch in pages:
+        for point in batch:
+            created = point.created_at
+            if isinstance(created, bool) or not isinstance(created, int | float):
+                continue
+            if lowest is not None and not created < lowest:
+                continue
+            parsed = parse_point(point)
+            if parsed is not None:
+                lowest, oldest = created, parsed.created_at
+    return oldest
+
+
 def _payload_bytes(vectors: VectorStore, count: int) -> tuple[int, bool]:
     # Payload text is the bulk of a point's bytes; reading all of it to weigh it is the cost
-    # of a full export, so a prefix sample is extrapolated and flagged.
+    # of a full export, so one page of a prefix sample is weighed and extrapolated (flagged).
     seen = weight = 0
-    for batch in vectors.iter_points(min(PAYLOAD_SAMPLE_POINTS, 500), with_payload_size=True):
-        seen += len(batch)
-        weight += sum(p.payload_bytes or 0 for p in batch)
-        if seen >= PAYLOAD_SAMPLE_POINTS:
-            break
+    for batch in vectors.iter_points(PAYLOAD_SAMPLE_POINTS, with_payload_size=True):
+        seen, weight = len(batch), sum(p.payload_bytes or 0 for p in batch)
+        break
     if seen == 0:
         return 0, False
     if seen >= count:

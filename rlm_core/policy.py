@@ -128,7 +128,7 @@ def point_evidence(
     created, document = point.created_at, point.document_id
     if isinstance(created, bool) or not isinstance(created, int | float):
         return PointVerdict.UNKNOWN, None
-    if not math.isfinite(created) or not (isinstance(document, str) and document):
+    if not _is_finite(created) or not (isinstance(document, str) and document):
         return PointVerdict.UNKNOWN, None
     if not _is_date(created):
         return PointVerdict.UNKNOWN, None  # a number, but no instant (e.g. -1e300)
@@ -136,6 +136,13 @@ def point_evidence(
         return PointVerdict.YOUNG, None
     session = point.session_id if isinstance(point.session_id, str) and point.session_id else None
     return PointVerdict.OLD, PointEvidence(point.point_id, document, session)
+
+
+def _is_finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False  # an int too large for a float (10**400)
 
 
 def _is_date(timestamp: float) -> bool:

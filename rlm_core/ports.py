@@ -127,6 +127,16 @@ class PointRef:
 
 
 @dataclass(frozen=True)
+class PointPin:
+    """A point to erase: its id and the payload values (at least one) that made it the user's;
+    it goes only while each pinned value is still the one read."""
+
+    point_id: str
+    session_id: str | None
+    document_id: str | None
+
+
+@dataclass(frozen=True)
 class VectorPoint:
     """A point to write (seeding and tests)."""
 
@@ -163,6 +173,16 @@ class VectorStore(Protocol):
     def delete_points(self, points: Sequence[PointRef], created_before: float) -> int:
         """Delete these points if their session_id/document_id are still the ones read and
         their created_at is still a number < created_before; return how many went."""
+        ...
+
+    def points_of(self, document_ids: Sequence[str], session_ids: Sequence[str]) -> list[PointInfo]:
+        """Points whose document_id is exactly one of document_ids or whose session_id is exactly
+        one of session_ids: a filter per batch of ids on a server, one scan in local mode."""
+        ...
+
+    def delete_pinned(self, points: Sequence[PointPin]) -> int:
+        """Delete these points while every value each one pins is still the one read; return
+        how many went."""
         ...
 
     def point_bytes(self) -> int:
@@ -254,6 +274,36 @@ class DocumentRecord:
     @property
     def identity(self) -> tuple[str, bool]:
         """The exact `_id`: an ObjectId and a string with the same hex are two records."""
+        return (self.id, self.oid)
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """A `chat_sessions` record by its exact `_id` (`id` its string form, `oid` whether it is an
+    ObjectId) and its owner (None when user_id is missing or not a string)."""
+
+    id: str
+    oid: bool
+    user_id: str | None
+
+    @property
+    def identity(self) -> tuple[str, bool]:
+        """The exact `_id`."""
+        return (self.id, self.oid)
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """A `messages` record by its exact `_id`, with the string form of the session its chat_id
+    names."""
+
+    id: str
+    oid: bool
+    chat_id: str
+
+    @property
+    def identity(self) -> tuple[str, bool]:
+        """The exact `_id`."""
         return (self.id, self.oid)
 
 
@@ -379,6 +429,32 @@ class MetadataStore(Protocol):
     def delete_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> int:
         """Delete exactly these records, each only if still claimed by run_id and unchanged
         since read; return how many went."""
+        ...
+
+    def documents_of_user(self, user_id: str) -> list[DocumentRecord]:
+        """Every record whose user_id is exactly this string (an index lookup, not a scan)."""
+        ...
+
+    def sessions_of_user(self, user_id: str) -> list[SessionRecord]:
+        """Every chat session whose user_id is exactly this string, `_id` in either form."""
+        ...
+
+    def find_sessions(self, session_ids: Sequence[str]) -> list[SessionRecord]:
+        """Every session whose `_id`, as an ObjectId or as a string, has one of these forms."""
+        ...
+
+    def messages_of_sessions(self, session_ids: Sequence[str]) -> list[MessageRecord]:
+        """Messages whose chat_id, a string or an ObjectId, names one of these sessions."""
+        ...
+
+    def delete_messages(self, messages: Sequence[MessageRecord]) -> int:
+        """Delete exactly these records, each only while its chat_id still names the session
+        read; return how many went."""
+        ...
+
+    def delete_sessions(self, sessions: Sequence[SessionRecord], user_id: str) -> int:
+        """Delete exactly these records, each only while its user_id is still this user; return
+        how many went."""
         ...
 
     def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:

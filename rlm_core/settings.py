@@ -49,7 +49,22 @@ MAX_VECTOR_SIZE = 65_536
 MONGO_DATABASE_MAX_BYTES = 63
 MONGO_NAMESPACE_MAX_BYTES = 255
 MONGO_DATABASE_FORBIDDEN = frozenset('/\\. "$*<>:|?\x00')
-SECRET_VARIABLES = frozenset({"MINIO_SECRET_KEY", "QDRANT_API_KEY", "MINIO_ACCESS_KEY"})
+SECRET_VARIABLES = frozenset(
+    {
+        "MINIO_SECRET_KEY",
+        "QDRANT_API_KEY",
+        "MINIO_ACCESS_KEY",
+        "RLM_API_TOKEN",
+        "RLM_API_ADMIN_TOKEN",
+        "RLM_ALERT_WEBHOOK_URL",
+        "MINIO_SESSION_TOKEN",
+    }
+)
+# A bearer token shorter than this is guessable; 32 random bytes in hex are 64 characters.
+MIN_TOKEN_LENGTH = 16
+CLEANUP_MODES = ("enforce", "observe")
+LOG_FORMATS = ("json", "text")
+AUDIT_SINKS = ("file", "s3", "mongodb")
 
 
 class SettingsError(ValueError):
@@ -102,6 +117,22 @@ class Settings:
     store_timeout_seconds: float = 10.0
     embedded_lock_wait_seconds: float = 300.0
     batch_size: int = 1000
+    # None: enforce on the embedded default, observe once a store URL is set (SPEC 8.1).
+    cleanup_mode: str | None = None
+    api_token: str | None = None
+    api_admin_token: str | None = None
+    alert_webhook_url: str | None = None
+    log_format: str = "json"
+    dagster_url: str = "http://127.0.0.1:3000"
+    audit_sink: str = "file"
+    # Our bucket's audit folder: the orphan sweep never lists anything under it as an orphan.
+    audit_prefix: str = ".rlm-audit/"
+    audit_retention_days: int = 90
+    redis_cluster: bool = False
+    redis_ca_bundle: Path | None = None
+    minio_ca_bundle: Path | None = None
+    minio_region: str | None = None
+    minio_session_token: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -153,7 +184,7 @@ class Settings:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in {"qdrant_api_key", "minio_access_key", "minio_secret_key"}:
+            if f.name in _SECRET_FIELDS:
                 value = "***" if value else None
             elif f.name in {"redis_url", "mongodb_url", "qdrant_url"} and value:
                 value = redact_url(value)
@@ -163,6 +194,19 @@ class Settings:
                 value = list(value)
             out[f.name] = value
         return out
+
+
+_SECRET_FIELDS = frozenset(
+    {
+        "qdrant_api_key",
+        "minio_access_key",
+        "minio_secret_key",
+        "api_token",
+        "api_admin_token",
+        "alert_webhook_url",
+        "minio_session_token",
+    }
+)
 
 
 def redact_url(url: str) -> str:
@@ -435,10 +479,70 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _choice(*options: str) -> Callable[[str], str]:
+    allowed = f"allowed: {_either(options)}"
+
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(allowed)
+        return value
+
+    return parse
+
+
+def _token(raw: str) -> str:
+    # Printable ASCII without spaces: what an HTTP Authorization header carries unchanged.
+    if len(raw) < MIN_TOKEN_LENGTH or not all("!" <= c <= "~" for c in raw):
+        raise ValueError(
+            f"allowed: at least {MIN_TOKEN_LENGTH} printable ASCII characters without spaces "
+            "(e.g. the output of `openssl rand -hex 32`)"
+        )
+    return raw
+
+
 def _path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("allowed: a folder path")
     return Path(raw).expanduser()
+
+
+def _audit_prefix(raw: str) -> str:
+    # A folder of our bucket: always ends with '/', so '.rlm-audit' cannot also shield
+    # '.rlm-audit-old.pdf' from the orphan sweep.
+    value = raw.strip().strip("/")
+    parts = value.split("/")
+    if not value or any(p in {"", ".", ".."} for p in parts) or not _is_key_text(value):
+        raise ValueError(
+            "allowed: an object key prefix such as .rlm-audit/ (letters, digits, '.', '-', '_' "
+            "and '/' between non-empty parts)"
+        )
+    return value + "/"
+
+
+def _is_key_text(value: str) -> bool:
+    return all(c.isascii() and (c.isalnum() or c in "._-/") for c in value)
+
+
+def _pem_file(raw: str) -> Path:
+    allowed = "allowed: the path of a readable PEM file holding the CA certificate(s)"
+    path = Path(raw.strip()).expanduser()
+    try:
+        text = path.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        raise ValueError(allowed) from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(allowed)
+    return path
+
+
+def _region(raw: str) -> str:
+    value = raw.strip()
+    if not 0 < len(value) <= 64 or not all(
+        c.isascii() and (c.isalnum() or c in "-_") for c in value
+    ):
+        raise ValueError("allowed: an S3 region name such as us-east-1 (letters, digits, '-', '_')")
+    return value
 
 
 _interval = _whole(MAX_INTERVAL_SECONDS)
@@ -488,6 +592,20 @@ _SPECS: tuple[_Spec, ...] = (
         "embedded_lock_wait_seconds",
         _number(MAX_LOCK_WAIT_SECONDS),
     ),
+    _Spec("RLM_CLEANUP_MODE", "cleanup_mode", _choice(*CLEANUP_MODES)),
+    _Spec("RLM_API_TOKEN", "api_token", _token),
+    _Spec("RLM_API_ADMIN_TOKEN", "api_admin_token", _token),
+    _Spec("RLM_ALERT_WEBHOOK_URL", "alert_webhook_url", _url("http", "https")),
+    _Spec("RLM_LOG_FORMAT", "log_format", _choice(*LOG_FORMATS)),
+    _Spec("RLM_DAGSTER_URL", "dagster_url", _url("http", "https")),
+    _Spec("RLM_AUDIT_SINK", "audit_sink", _choice(*AUDIT_SINKS)),
+    _Spec("RLM_AUDIT_PREFIX", "audit_prefix", _audit_prefix),
+    _Spec("RLM_AUDIT_RETENTION_DAYS", "audit_retention_days", _whole(MAX_TTL_DAYS)),
+    _Spec("REDIS_CLUSTER", "redis_cluster", _bool),
+    _Spec("REDIS_CA_BUNDLE", "redis_ca_bundle", _pem_file),
+    _Spec("MINIO_CA_BUNDLE", "minio_ca_bundle", _pem_file),
+    _Spec("MINIO_REGION", "minio_region", _region),
+    _Spec("MINIO_SESSION_TOKEN", "minio_session_token", _text),
 )
 
 ENV_VARIABLES: tuple[str, ...] = ("RLM_RETENTION_PROFILE", *(s.env for s in _SPECS))
@@ -539,7 +657,11 @@ def _redact_credentials(raw: str) -> str:
 
 
 def _cross_checks(s: Settings, given: Mapping[str, str], failed: set[str]) -> list[str]:
-    problems = [*_key_checks(s, given, failed), *_namespace_checks(s, failed)]
+    problems = [
+        *_key_checks(s, given, failed),
+        *_namespace_checks(s, failed),
+        *_deployment_checks(s, given),
+    ]
     if not s.cleanup_threshold_medium < s.cleanup_threshold_high < s.cleanup_threshold_critical:
         problems.append(
             f"CLEANUP_THRESHOLD_MEDIUM={s.cleanup_threshold_medium}, "
@@ -604,3 +726,62 @@ def _namespace_checks(s: Settings, failed: set[str]) -> list[str]:
             )
             problems.append(_problem(env, name, allowed))
     return problems
+
+
+def _deployment_checks(s: Settings, given: Mapping[str, str]) -> list[str]:
+    """Settings that only make sense together with a server connection."""
+    secure_s3 = s.minio_secure or (s.minio_endpoint or "").lower().startswith("https://")
+    needs = (
+        (
+            "RLM_AUDIT_SINK",
+            s.audit_sink == "s3" and not s.minio_endpoint,
+            "file, or s3 with MINIO_ENDPOINT set (the audit goes to MINIO_BUCKET)",
+        ),
+        (
+            "RLM_AUDIT_SINK",
+            s.audit_sink == "mongodb" and not s.mongodb_url,
+            "file, or mongodb with MONGODB_URL set",
+        ),
+        (
+            "REDIS_CLUSTER",
+            s.redis_cluster
+            and not (s.redis_url or "").lower().startswith(("redis://", "rediss://")),
+            "true only with a redis:// or rediss:// REDIS_URL (the embedded Redis is no cluster)",
+        ),
+        (
+            "REDIS_URL",
+            s.redis_cluster and _redis_database(s.redis_url) != 0,
+            "database 0 with REDIS_CLUSTER=true (a Redis Cluster has no other database)",
+        ),
+        (
+            "REDIS_CA_BUNDLE",
+            s.redis_ca_bundle is not None
+            and not (s.redis_url or "").lower().startswith("rediss://"),
+            "a CA file together with a rediss:// REDIS_URL",
+        ),
+        (
+            "MINIO_CA_BUNDLE",
+            s.minio_ca_bundle is not None and not (s.minio_endpoint and secure_s3),
+            "a CA file together with MINIO_SECURE=true or an https:// MINIO_ENDPOINT",
+        ),
+        (
+            "MINIO_REGION",
+            s.minio_region is not None and not s.minio_endpoint,
+            "a region together with MINIO_ENDPOINT",
+        ),
+        (
+            "MINIO_SESSION_TOKEN",
+            s.minio_session_token is not None and not s.minio_endpoint,
+            "a token together with MINIO_ENDPOINT",
+        ),
+    )
+    return [_problem(env, given[env], f"allowed: {allowed}") for env, bad, allowed in needs if bad]
+
+
+def _redis_database(url: str | None) -> int:
+    # redis-py's own reading: the URL path, else ?db=, else 0.
+    from redis.connection import parse_url
+
+    if not url:
+        return 0
+    return int(parse_url(url).get("db", 0))  # type: ignore[no-untyped-call]

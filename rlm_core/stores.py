@@ -125,7 +125,13 @@ class Stores:
 def _cache_from_settings(settings: Settings) -> CacheStore:
     from rlm_core.adapters.redis_cache import RedisCacheStore, connect_redis
 
-    client = connect_redis(settings.redis_url, settings.data_dir, settings.store_timeout_seconds)
+    client = connect_redis(
+        settings.redis_url,
+        settings.data_dir,
+        settings.store_timeout_seconds,
+        cluster=settings.redis_cluster,
+        ca_bundle=settings.redis_ca_bundle,
+    )
     return RedisCacheStore(client, settings.redis_cache_key_patterns)
 
 
@@ -147,16 +153,25 @@ def _objects_from_settings(settings: Settings) -> ObjectStore:
         from rlm_core.adapters.disk_objects import DiskObjectStore
 
         return DiskObjectStore(settings.data_dir / "objects", settings.minio_bucket)
-    from rlm_core.adapters.s3_objects import S3ObjectStore, connect_minio
+    from rlm_core.adapters.s3_objects import S3ObjectStore
 
-    client = connect_minio(
-        settings.minio_endpoint,
+    return S3ObjectStore(minio_client(settings), settings.minio_bucket)
+
+
+def minio_client(settings: Settings) -> Minio:
+    """A Minio client on MINIO_ENDPOINT with the region, session token and CA bundle set."""
+    from rlm_core.adapters.s3_objects import connect_minio
+
+    return connect_minio(
+        settings.minio_endpoint or "",
         settings.minio_access_key or "",
         settings.minio_secret_key or "",
         settings.minio_secure,
         settings.store_timeout_seconds,
+        region=settings.minio_region,
+        session_token=settings.minio_session_token,
+        ca_bundle=settings.minio_ca_bundle,
     )
-    return S3ObjectStore(client, settings.minio_bucket)
 
 
 def _metadata_from_settings(settings: Settings) -> MetadataStore:
@@ -167,12 +182,16 @@ def _metadata_from_settings(settings: Settings) -> MetadataStore:
         return SqliteMetadataStore(
             settings.data_dir / "metadata.sqlite3", default_bucket=settings.minio_bucket
         )
+    return _mongo_store(mongo_database(settings), settings, owns_client=True)
+
+
+def mongo_database(settings: Settings) -> Database[Any]:
+    """A pymongo handle on MONGODB_DATABASE of MONGODB_URL."""
     from rlm_core.adapters.mongo_metadata import connect_mongo
 
-    db = connect_mongo(
-        settings.mongodb_url, settings.mongodb_database, settings.store_timeout_seconds
+    return connect_mongo(
+        settings.mongodb_url or "", settings.mongodb_database, settings.store_timeout_seconds
     )
-    return _mongo_store(db, settings, owns_client=True)
 
 
 def _mongo_store(db: Database[Any], settings: Settings, owns_client: bool = False) -> MetadataStore:

@@ -2,11 +2,14 @@
 
 # No `from __future__ import annotations`: Dagster inspects these annotations at runtime.
 
+from datetime import timedelta
+
 import dagster as dg
 import pandas as pd
 
 from rlm_core.domain import ResourceMetrics, ResourceType
 from rlm_core.ports import StoreError
+from rlm_core.settings import Settings
 from rlm_dagster.checks import (
     CLEANUP_KEEPING_UP,
     USAGE_BELOW_CRITICAL,
@@ -116,3 +119,19 @@ def usage_history(
             "preview": dg.MetadataValue.md(frame.tail(20).to_markdown(index=False)),
         },
     )
+
+
+def usage_freshness(settings: Settings) -> dg.FreshnessPolicy:
+    """Stale when no snapshot came for 1.5 monitoring intervals (warn) or 2 (fail): the
+    monitoring schedule or the daemon has stopped."""
+    interval = timedelta(seconds=settings.resource_monitoring_interval_seconds)
+    return dg.FreshnessPolicy.time_window(fail_window=2 * interval, warn_window=1.5 * interval)
+
+
+def fresh_usage_assets(settings: Settings) -> list[dg.AssetsDefinition]:
+    """The usage assets with the freshness policy their snapshot interval implies."""
+    policy = usage_freshness(settings)
+    return [
+        asset.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=policy))
+        for asset in USAGE_ASSETS.values()
+    ]

@@ -18,6 +18,7 @@ from rlm_core.demo import seed_demo
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.settings import Settings
 from rlm_dagster.home import ensure_dagster_home
+from rlm_dagster.mode import is_embedded
 
 DEFAULT_PORT = 3000
 STOP_TIMEOUT_SECONDS = 30
@@ -31,12 +32,6 @@ DEMO_ENV = {
     "MAX_QDRANT_POINTS": "2800",
     "RESOURCE_MONITORING_INTERVAL_SECONDS": "60",
 }
-
-
-def is_embedded(settings: Settings) -> bool:
-    """True when no store URL is configured: everything runs under RLM_DATA_DIR."""
-    urls = (settings.redis_url, settings.qdrant_url, settings.mongodb_url, settings.minio_endpoint)
-    return all(url is None for url in urls)
 
 
 def demo_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -25,11 +25,7 @@ def ensure_dagster_home(settings: Settings) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     config = home / INSTANCE_FILE
     if not config.exists():
+        # Its `nux: enabled: false` keeps the UI's first-visit pop-up from hiding the page.
         config.write_text(instance_template(), encoding="utf-8")
-    # The UI's first-visit community pop-up hides the page from a newcomer; mark it seen.
-    nux = home / ".nux" / "nux.yaml"
-    if not nux.exists():
-        nux.parent.mkdir(exist_ok=True)
-        nux.write_text("seen: 1\n", encoding="utf-8")
     os.environ["DAGSTER_HOME"] = str(home)
     return home

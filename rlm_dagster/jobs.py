@@ -4,6 +4,8 @@
 
 import enum
 import json
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -12,8 +14,21 @@ from rlm_core.domain import CleanupReport, ResourceType
 from rlm_core.events import CLEANUP_PROCESSED, log_event
 from rlm_core.ports import StoreError
 from rlm_dagster.assets import GROUP, STORE_RETRY
+from rlm_dagster.guard import WAIT_SECONDS, refusal, wait_for_turn
+from rlm_dagster.mode import CleanupMode
 from rlm_dagster.resources import LifecycleResource
-from rlm_dagster.run_tags import REASON_TAG, priority_from_tags
+from rlm_dagster.run_tags import (
+    ALL_RESOURCES,
+    AUTOMATIC_TRIGGERS,
+    MODE_TAG,
+    REASON_TAG,
+    RESOURCE_TYPE_TAG,
+    TRIGGER_TAG,
+    cleanup_stores,
+    priority_from_tags,
+    resource_type_from_tags,
+    store_tags,
+)
 
 CLEANUP_OP = "cleanup"
 
@@ -61,8 +76,37 @@ def validate_max_deletions(value: int | None) -> None:
         )
 
 
+def cleanup_response(report: CleanupReport) -> dict[str, Any]:
+    """The seed's cleanup response plus rlm's fields; `audit_path` only names a file that exists
+    (a dry run that plans nothing writes none)."""
+    response = report.as_seed_json()
+    if not (report.audit_path and Path(report.audit_path).is_file()):
+        response["audit_path"] = None
+    return response
+
+
+def observe_metadata(tags: Mapping[str, str], report: CleanupReport) -> dict[str, dg.MetadataValue]:
+    """The run's mode; for an automatic run that observe mode turned into a dry run, what it
+    would have deleted."""
+    mode = tags.get(MODE_TAG, "")
+    metadata: dict[str, dg.MetadataValue] = {"mode": dg.MetadataValue.text(mode)}
+    if (
+        mode == CleanupMode.OBSERVE
+        and report.dry_run
+        and tags.get(TRIGGER_TAG) in AUTOMATIC_TRIGGERS
+    ):
+        metadata["observe_would_delete"] = dg.MetadataValue.json(dict(report.deleted_counts))
+        metadata["observe_note"] = dg.MetadataValue.md(
+            f"Observe mode: this {tags.get(TRIGGER_TAG)} run deleted nothing; enforce mode "
+            f"would have deleted **{report.total_deleted}** items. Set `RLM_CLEANUP_MODE=enforce` "
+            "once the dry-run reports and the audit look right."
+        )
+    return metadata
+
+
 def report_metadata(report: CleanupReport) -> dict[str, dg.MetadataValue]:
     """What the cleanup did, as run metadata (counts per store, bytes, errors, audit file)."""
+    audit_path = cleanup_response(report)["audit_path"]
     return {
         "dry_run": dg.MetadataValue.bool(report.dry_run),
         "total_deleted": dg.MetadataValue.int(report.total_deleted),
@@ -73,7 +117,7 @@ def report_metadata(report: CleanupReport) -> dict[str, dg.MetadataValue]:
         "skipped": dg.MetadataValue.json(dict(report.skipped)),
         "capped": dg.MetadataValue.bool(report.capped),
         "errors": dg.MetadataValue.json(list(report.errors)),
-        "audit_path": dg.MetadataValue.text(report.audit_path or ""),
+        "audit_path": dg.MetadataValue.text(audit_path or ""),
         "core_run_id": dg.MetadataValue.text(report.run_id),
     }
 
@@ -101,7 +145,7 @@ def log_processed(
 ) -> None:
     """The seed's `Cleanup task processed` event, priority and reason taken from the run tags."""
     tags = context.run.tags
-    context.log.info(f"cleanup report: {json.dumps(report.as_seed_json())}")
+    context.log.info(f"cleanup report: {json.dumps(cleanup_response(report))}")
     log_event(
         CLEANUP_PROCESSED,
         resource_type=config.resource_type.value if config.resource_type else None,
@@ -112,14 +156,42 @@ def log_processed(
     )
 
 
+def tag_untagged_run(context: dg.OpExecutionContext, target: ResourceType | None) -> None:
+    """Give a run launched without rlm's tags (e.g. from the launchpad) its store tags, so the
+    run queue and other runs' guards see which stores it holds."""
+    tags = context.run.tags
+    wanted = {RESOURCE_TYPE_TAG: target.value if target else ALL_RESOURCES, **store_tags(target)}
+    if RESOURCE_TYPE_TAG in tags and resource_type_from_tags(tags) != target:
+        return  # tags chosen by whoever launched it: left as they are
+    missing = {key: value for key, value in wanted.items() if key not in tags}
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
+
+
+def take_turn(context: dg.OpExecutionContext, target: ResourceType | None) -> None:
+    """Wait for older cleanup runs of the same stores; refuse (no retry) if they outlast the wait."""
+    tag_untagged_run(context, target)
+    stores = cleanup_stores(target)
+    busy = wait_for_turn(context.instance, context.run_id, stores, context.log.info, WAIT_SECONDS)
+    if busy:
+        raise dg.Failure(description=refusal(busy, WAIT_SECONDS), allow_retries=False)
+    context.log.info(f"cleanup of {', '.join(sorted(stores))} begins")
+
+
 @dg.op(name=CLEANUP_OP, retry_policy=STORE_RETRY)
 def cleanup_op(
     context: dg.OpExecutionContext, lifecycle: LifecycleResource, config: CleanupConfig
 ) -> dg.Output[dict[str, Any]]:
     """Clean one store (or all), record what was done, then fail if any store reported errors."""
     validate_max_deletions(config.max_deletions)
+    take_turn(context, config.resource_type.resource_type if config.resource_type else None)
     report = run_cleanup(context, lifecycle, config)
-    metadata = report_metadata(report)
+    response = cleanup_response(report)
+    metadata = {
+        **report_metadata(report),
+        **observe_metadata(context.run.tags, report),
+        "report": dg.MetadataValue.json(response),
+    }
     log_processed(context, config, report)
     if report.errors:
         # The core reports a store that failed mid-sweep (StoreError) instead of raising, and a
@@ -127,10 +199,10 @@ def cleanup_op(
         # partial run still shows what it deleted.
         raise dg.Failure(
             description="cleanup finished with errors: " + "; ".join(report.errors),
-            metadata={**metadata, "report": dg.MetadataValue.json(report.as_seed_json())},
+            metadata=metadata,
             allow_retries=True,
         )
-    return dg.Output(report.as_seed_json(), metadata=metadata)
+    return dg.Output(response, metadata=metadata)
 
 
 @dg.job(description="Clean expired data from one store (or all), as the seed's cleanup task.")

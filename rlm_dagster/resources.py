@@ -10,6 +10,8 @@ from pydantic import PrivateAttr
 
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.settings import Settings
+from rlm_dagster.mode import cleanup_mode
+from rlm_dagster.run_tags import MODE_TAG
 
 
 def load_settings(data_dir: str | None = None) -> Settings:
@@ -18,6 +20,13 @@ def load_settings(data_dir: str | None = None) -> Settings:
     if data_dir:
         settings = dataclasses.replace(settings, data_dir=Path(data_dir).expanduser())
     return settings
+
+
+def tag_mode(context: dg.InitResourceContext, settings: Settings) -> None:
+    """Tag a run that was launched without `rlm/mode` (e.g. from the UI) with the mode in force."""
+    run, instance = context.run, context.instance
+    if run is not None and instance is not None and MODE_TAG not in run.tags:
+        instance.add_run_tags(run.run_id, {MODE_TAG: cleanup_mode(settings).mode.value})
 
 
 class LifecycleResource(dg.ConfigurableResource):  # type: ignore[type-arg]
@@ -31,6 +40,7 @@ class LifecycleResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Read settings (secrets never enter run config) and build the manager."""
         self._settings = load_settings(self.data_dir)
+        tag_mode(context, self._settings)
         self._manager = self.open_manager(self._settings)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:

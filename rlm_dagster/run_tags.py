@@ -6,15 +6,22 @@ import enum
 from collections.abc import Mapping
 
 from rlm_core.domain import CleanupPriority, ResourceType
+from rlm_core.lifecycle import PLANS, STEP_LEASES
+from rlm_dagster.mode import CleanupMode
 
 PRIORITY_TAG = "dagster/priority"
 RESOURCE_TYPE_TAG = "rlm/resource_type"
 REASON_TAG = "rlm/reason"
 TRIGGER_TAG = "rlm/trigger"
+MODE_TAG = "rlm/mode"
+# One tag per store a cleanup run deletes from; dagster.yaml allows one in-progress run per key.
+STORE_TAG_PREFIX = "rlm/store."
+STORE_TAG_VALUE = "cleanup"
 
 ALL_RESOURCES = "all"
 SCHEDULED_REASON = "Scheduled cleanup"
 MANUAL_REASON = "Manual cleanup"
+API_REASON = "Cleanup requested through the API"
 
 
 class Trigger(enum.StrEnum):
@@ -23,6 +30,11 @@ class Trigger(enum.StrEnum):
     SENSOR = "sensor"
     SCHEDULE = "schedule"
     MANUAL = "manual"
+    API = "api"
+
+
+# Runs nobody asked for by hand: observe mode makes these dry runs.
+AUTOMATIC_TRIGGERS = frozenset({Trigger.SENSOR, Trigger.SCHEDULE})
 
 
 # The QueuedRunCoordinator launches higher dagster/priority first, FIFO within one value.
@@ -51,15 +63,36 @@ def priority_from_tags(tags: Mapping[str, str]) -> CleanupPriority:
     return CleanupPriority.LOW
 
 
+def cleanup_stores(resource_type: ResourceType | None) -> frozenset[str]:
+    """The stores a cleanup of `resource_type` deletes from: the leases the core takes for it
+    (a MinIO or MongoDB cleanup cascades into all four; a cleanup of all is one of each)."""
+    return frozenset(store for step in PLANS[resource_type] for store in STEP_LEASES[step])
+
+
+def store_tags(resource_type: ResourceType | None) -> dict[str, str]:
+    """One `rlm/store.<store>` tag per store the run deletes from."""
+    return {
+        f"{STORE_TAG_PREFIX}{store}": STORE_TAG_VALUE
+        for store in sorted(cleanup_stores(resource_type))
+    }
+
+
 def cleanup_tags(
-    resource_type: ResourceType | None, priority: CleanupPriority, reason: str, trigger: Trigger
+    resource_type: ResourceType | None,
+    priority: CleanupPriority,
+    reason: str,
+    trigger: Trigger,
+    mode: CleanupMode,
 ) -> dict[str, str]:
-    """Tags of one cleanup run: queue priority, target store, reason and trigger."""
+    """Tags of one cleanup run: queue priority, target store, reason, trigger, cleanup mode,
+    and the per-store tags the run queue limits to one run at a time."""
     return {
         PRIORITY_TAG: str(QUEUE_PRIORITY[priority]),
         RESOURCE_TYPE_TAG: resource_type.value if resource_type else ALL_RESOURCES,
         REASON_TAG: reason,
         TRIGGER_TAG: trigger.value,
+        MODE_TAG: mode.value,
+        **store_tags(resource_type),
     }
 
 

@@ -7,7 +7,8 @@ import dagster as dg
 from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.settings import Settings
 from rlm_dagster.jobs import cleanup_job, cleanup_run_config, snapshot_job
-from rlm_dagster.run_tags import SCHEDULED_REASON, Trigger, cleanup_tags
+from rlm_dagster.mode import ModeDecision, cleanup_mode
+from rlm_dagster.run_tags import MODE_TAG, SCHEDULED_REASON, Trigger, cleanup_tags
 
 MINUTE = 60
 HOUR = 3600
@@ -43,28 +44,35 @@ def interval_to_cron(seconds: int, variable: str = "interval") -> str:
     )
 
 
-def cleanup_schedule(name: str, resource_type: ResourceType, cron: str) -> dg.ScheduleDefinition:
-    """A schedule running cleanup_job for one store at queue priority 0."""
+def cleanup_schedule(
+    name: str, resource_type: ResourceType, cron: str, decision: ModeDecision
+) -> dg.ScheduleDefinition:
+    """A schedule running cleanup_job for one store at queue priority 0 (a dry run in observe
+    mode)."""
     return dg.ScheduleDefinition(
         name=name,
         cron_schedule=cron,
         job=cleanup_job,
-        run_config=cleanup_run_config(resource_type),
-        tags=cleanup_tags(resource_type, CleanupPriority.LOW, SCHEDULED_REASON, Trigger.SCHEDULE),
+        run_config=cleanup_run_config(resource_type, dry_run=decision.automatic_dry_run),
+        tags=cleanup_tags(
+            resource_type, CleanupPriority.LOW, SCHEDULED_REASON, Trigger.SCHEDULE, decision.mode
+        ),
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description=f"Scheduled cleanup of {resource_type.store}.",
+        description=f"Scheduled cleanup of {resource_type.store} ({decision.mode} mode).",
     )
 
 
 def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
     """The monitoring schedule and the three cleanup schedules of the seed."""
+    decision = cleanup_mode(settings)
     monitoring = dg.ScheduleDefinition(
         name="monitoring_schedule",
         cron_schedule=interval_to_cron(
             settings.resource_monitoring_interval_seconds, "RESOURCE_MONITORING_INTERVAL_SECONDS"
         ),
         job=snapshot_job,
+        tags={MODE_TAG: decision.mode.value},
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Usage snapshots of every store.",
@@ -74,6 +82,7 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
             f"{rt.store}_cleanup_schedule",
             rt,
             interval_to_cron(getattr(settings, f"{rt.store}_cleanup_interval_seconds"), variable),
+            decision,
         )
         for rt, variable in CLEANUP_INTERVALS.items()
     ]

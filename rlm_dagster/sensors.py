@@ -9,7 +9,9 @@ import dagster as dg
 
 from rlm_core.domain import CleanupPriority
 from rlm_core.priority import usage_reason
-from rlm_dagster.jobs import cleanup_job, cleanup_run_config
+from rlm_dagster.jobs import cleanup_run_config
+from rlm_dagster.mode import ModeDecision
+from rlm_dagster.queue import CLEANUP_JOB
 from rlm_dagster.run_tags import Trigger, cleanup_tags
 from rlm_dagster.snapshots import Snapshot, new_snapshot_records, snapshot_from_record
 
@@ -50,14 +52,19 @@ def next_cursor(
     return max(handled, default=previous)
 
 
-def pressure_request(snapshot: Snapshot) -> dg.RunRequest:
-    """One cleanup_job run for the snapshot's store, keyed by the snapshot so it runs once."""
+def pressure_request(snapshot: Snapshot, decision: ModeDecision) -> dg.RunRequest:
+    """One cleanup_job run for the snapshot's store, keyed by the snapshot so it runs once;
+    a dry run in observe mode."""
     reason = usage_reason(snapshot.usage_percentage / 100.0)
     return dg.RunRequest(
         run_key=f"usage-{snapshot.resource_type.store}-{snapshot.storage_id}",
-        run_config=cleanup_run_config(snapshot.resource_type),
+        run_config=cleanup_run_config(snapshot.resource_type, dry_run=decision.automatic_dry_run),
         tags=cleanup_tags(
-            snapshot.resource_type, snapshot.cleanup_priority, reason, Trigger.SENSOR
+            snapshot.resource_type,
+            snapshot.cleanup_priority,
+            reason,
+            Trigger.SENSOR,
+            decision.mode,
         ),
     )
 
@@ -78,13 +85,10 @@ def no_news_reason(previous: int | None) -> str:
     return f"No new usage snapshots since storage id {previous}"
 
 
-@dg.sensor(
-    job=cleanup_job,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def usage_pressure_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-    """Turn each new HIGH or CRITICAL usage snapshot into one prioritized cleanup_job run."""
+def evaluate_pressure(
+    context: dg.SensorEvaluationContext, decision: ModeDecision
+) -> dg.SensorResult | dg.SkipReason:
+    """One tick: a cleanup_job run request per new HIGH or CRITICAL snapshot."""
     previous = int(context.cursor) if context.cursor else None
     records = new_snapshot_records(context.instance, previous)
     if not records:
@@ -99,5 +103,26 @@ def usage_pressure_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         reason = calm_reason(len(records), plan.calm, len(parsed) - len(snapshots))
         return dg.SensorResult(skip_reason=reason, cursor=str(cursor))
     return dg.SensorResult(
-        run_requests=[pressure_request(s) for s in plan.requests], cursor=str(cursor)
+        run_requests=[pressure_request(s, decision) for s in plan.requests], cursor=str(cursor)
     )
+
+
+def build_pressure_sensor(decision: ModeDecision) -> dg.SensorDefinition:
+    """usage_pressure_sensor for the cleanup mode in force (observe: its runs are dry runs)."""
+
+    # job_name rather than job=: Definitions rebinds a sensor's job objects to the resources,
+    # and that copy trips a spurious BetaWarning (`owners`) in Dagster 1.13.
+    @dg.sensor(
+        name="usage_pressure_sensor",
+        job_name=CLEANUP_JOB,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"New HIGH/CRITICAL snapshots -> cleanup_job runs ({decision.mode} mode).",
+    )
+    def usage_pressure_sensor(
+        context: dg.SensorEvaluationContext,
+    ) -> dg.SensorResult | dg.SkipReason:
+        """Turn each new HIGH or CRITICAL usage snapshot into one prioritized cleanup_job run."""
+        return evaluate_pressure(context, decision)
+
+    return usage_pressure_sensor

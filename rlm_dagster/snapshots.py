@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -34,6 +35,22 @@ class Snapshot:
     usage_percentage: float
     cleanup_priority: CleanupPriority
     oldest_age_hours: float
+
+    def as_seed_json(self) -> dict[str, Any]:
+        """The seed's metrics entry for this store, plus `as_of` (when it was measured)."""
+        return {
+            "total_items": self.total_items,
+            "size_mb": round(self.size_mb, 3),
+            "usage_percentage": round(self.usage_percentage, 3),
+            "cleanup_priority": self.cleanup_priority.name,
+            "oldest_age_hours": round(self.oldest_age_hours, 3),
+            "as_of": iso_utc(self.timestamp),
+        }
+
+
+def iso_utc(timestamp: float) -> str:
+    """A Unix time as ISO 8601 UTC with a trailing Z, like the seed's timestamps."""
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _values(metadata: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,3 +119,11 @@ def new_snapshot_records(
         if horizon is None or record.storage_id <= horizon
     ]
     return sorted(merged, key=lambda item: item[1].storage_id)
+
+
+def latest_snapshot(instance: dg.DagsterInstance, resource_type: ResourceType) -> Snapshot | None:
+    """The most recent usage snapshot of one store, or None before the first one."""
+    result = instance.fetch_materializations(USAGE_KEYS[resource_type], limit=1)
+    if not result.records:
+        return None
+    return snapshot_from_record(resource_type, result.records[0])

@@ -5,11 +5,15 @@ from __future__ import annotations
 import dagster as dg
 
 from rlm_core.settings import Settings, SettingsError
-from rlm_dagster.assets import USAGE_ASSETS, usage_history
+from rlm_dagster.alerts import AlertWebhook, alert_sensor
+from rlm_dagster.assets import fresh_usage_assets, usage_history
+from rlm_dagster.erasure import erase_user_job
 from rlm_dagster.jobs import cleanup_job, snapshot_job
+from rlm_dagster.logs import configure_logging
+from rlm_dagster.mode import cleanup_mode, log_mode
 from rlm_dagster.resources import LifecycleResource
 from rlm_dagster.schedules import build_schedules
-from rlm_dagster.sensors import usage_pressure_sensor
+from rlm_dagster.sensors import build_pressure_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -18,10 +22,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules = build_schedules(settings)
     except ValueError as exc:
         raise SettingsError([str(exc)]) from exc
+    configure_logging(settings)
+    decision = cleanup_mode(settings)
+    log_mode(decision, "code location")
     return dg.Definitions(
-        assets=[*USAGE_ASSETS.values(), usage_history],
-        jobs=[snapshot_job, cleanup_job],
+        assets=[*fresh_usage_assets(settings), usage_history],
+        jobs=[snapshot_job, cleanup_job, erase_user_job],
         schedules=schedules,
-        sensors=[usage_pressure_sensor],
-        resources={"lifecycle": LifecycleResource()},
+        sensors=[build_pressure_sensor(decision), alert_sensor],
+        resources={"lifecycle": LifecycleResource(), "alerts": AlertWebhook()},
     )

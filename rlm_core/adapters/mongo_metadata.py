@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import bson
 import pymongo
 from bson import ObjectId
+from pymongo import ReadPreference
 from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, OperationFailure
@@ -20,9 +21,11 @@ from rlm_core.clock import to_utc
 from rlm_core.ports import (
     DocumentRecord,
     DuplicateDocumentError,
+    MessageRecord,
     MetadataStats,
     NewDocument,
     ReferencesUnknownError,
+    SessionRecord,
     StoreError,
     Touch,
 )
@@ -133,6 +136,30 @@ def as_read(doc: DocumentRecord) -> Raw:
     }
 
 
+def session_record(raw: Mapping[str, Any]) -> SessionRecord | None:
+    """A session by its exact `_id` and owner; None when `_id` is neither an ObjectId nor a
+    string (it cannot be named exactly)."""
+    session_id = id_text(raw.get("_id"))
+    if session_id is None:
+        return None
+    owner = raw.get("user_id")
+    oid = isinstance(raw.get("_id"), ObjectId)
+    return SessionRecord(session_id, oid, owner if isinstance(owner, str) else None)
+
+
+def message_record(raw: Mapping[str, Any]) -> MessageRecord | None:
+    """A message by its exact `_id` and the session its chat_id names; None when either
+    cannot be read as an id."""
+    message_id, chat_id = id_text(raw.get("_id")), id_text(raw.get("chat_id"))
+    if message_id is None or chat_id is None:
+        return None
+    return MessageRecord(message_id, isinstance(raw.get("_id"), ObjectId), chat_id)
+
+
+def _exact(record_id: str, oid: bool) -> Any:
+    return ObjectId(record_id) if oid else record_id
+
+
 def id_text(value: Any) -> str | None:
     """The string form of an id held as a string or an ObjectId; None for anything else."""
     if isinstance(value, ObjectId):
@@ -232,6 +259,9 @@ class MongoMetadataStore:
         default_bucket: str = "documents",
         owns_client: bool = False,
     ) -> None:
+        # References decide what gets deleted: read them from the primary, never from a
+        # lagging secondary, whatever read preference MONGODB_URL asks for.
+        db = db.with_options(read_preference=ReadPreference.PRIMARY)
         self._db = db
         self._owns_client = owns_client
         self._documents: Collection[Raw] = db[documents]
@@ -256,13 +286,14 @@ class MongoMetadataStore:
                 partialFilterExpression={"metadata.file_hash": {"$type": "string"}},
                 name="rlm_user_file_hash",
             )
-            for field in ("minio_key", "conversation_id", "created_at"):
+            for field in ("minio_key", "conversation_id", "created_at", "user_id"):
                 self._documents.create_index(field)
             # Only on collections that exist: creating an index would create a misnamed
             # sessions or messages collection, and an empty one would hide every reference.
             existing = set(self._db.list_collection_names())
             for collection, field in (
                 (self._sessions, "updated_at"),
+                (self._sessions, "user_id"),
                 (self._messages, "chat_id"),
                 (self._messages, "file_ids"),
             ):
@@ -444,6 +475,66 @@ class MongoMetadataStore:
                 ours = [replace(d, claim=run_id) for d in batch]
                 result = self._documents.delete_many({"$or": [as_read(d) for d in ours]})
                 deleted += result.deleted_count
+        return deleted
+
+    def documents_of_user(self, user_id: str) -> list[DocumentRecord]:
+        """Every record whose user_id is exactly this string (the `user_id` index)."""
+        with _guard("documents_of_user"):
+            found = [
+                document_record(r) for r in self._documents.find({"user_id": user_id}, PROJECTION)
+            ]
+        # A list holding the id matches the query too: it names no single owner.
+        return [d for d in found if d.user_id == user_id]
+
+    def sessions_of_user(self, user_id: str) -> list[SessionRecord]:
+        """Every chat session whose user_id is exactly this string."""
+        with _guard("sessions_of_user"):
+            raws = list(self._sessions.find({"user_id": user_id}, {"user_id": 1}))
+        return [s for s in map(session_record, raws) if s is not None and s.user_id == user_id]
+
+    def find_sessions(self, session_ids: Sequence[str]) -> list[SessionRecord]:
+        """Every session whose `_id` (ObjectId or string) has one of these string forms."""
+        wanted = set(session_ids)
+        found: list[SessionRecord] = []
+        with _guard("find_sessions"):
+            for batch in chunks(wanted, IN_BATCH):
+                query = {"_id": {"$in": id_candidates(batch)}}
+                found.extend(
+                    filter(None, map(session_record, self._sessions.find(query, {"user_id": 1})))
+                )
+        return [s for s in found if s.id in wanted]
+
+    def messages_of_sessions(self, session_ids: Sequence[str]) -> list[MessageRecord]:
+        """Messages whose chat_id (a string or an ObjectId) names one of these sessions."""
+        wanted = set(session_ids)
+        found: list[MessageRecord] = []
+        with _guard("messages_of_sessions"):
+            for batch in chunks(wanted, IN_BATCH):
+                query = {"chat_id": {"$in": id_candidates(batch)}}
+                found.extend(
+                    filter(None, map(message_record, self._messages.find(query, {"chat_id": 1})))
+                )
+        return [m for m in found if m.chat_id in wanted]
+
+    def delete_messages(self, messages: Sequence[MessageRecord]) -> int:
+        """Delete exactly these records, each only while its chat_id still names its session."""
+        deleted = 0
+        with _guard("delete_messages"):
+            for batch in chunks(messages, IN_BATCH):
+                clauses = [
+                    {"_id": _exact(m.id, m.oid), "chat_id": {"$in": id_candidates([m.chat_id])}}
+                    for m in batch
+                ]
+                deleted += self._messages.delete_many({"$or": clauses}).deleted_count
+        return deleted
+
+    def delete_sessions(self, sessions: Sequence[SessionRecord], user_id: str) -> int:
+        """Delete exactly these records, each only while its user_id is still this user."""
+        deleted = 0
+        with _guard("delete_sessions"):
+            for batch in chunks(sessions, IN_BATCH):
+                query = {"_id": {"$in": [_exact(s.id, s.oid) for s in batch]}, "user_id": user_id}
+                deleted += self._sessions.delete_many(query).deleted_count
         return deleted
 
     def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:

@@ -14,7 +14,7 @@ import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from rlm_core.ports import PointInfo, PointRef, StoreError, VectorPoint
+from rlm_core.ports import PointInfo, PointPin, PointRef, StoreError, VectorPoint
 
 LIFECYCLE_FIELDS = ("session_id", "document_id", "created_at")
 INDEXED_FIELDS = ("session_id", "document_id")
@@ -84,6 +84,10 @@ class QdrantVectorStore:
         big = self.scan_deletes and not with_payload_size
         page = max(batch_size, _LOCAL_PAGE) if big else batch_size
         for records in self._scroll(page, payload):
+            if len(records) > batch_size:
+                # A page split into batches: id order scatters a document's points over the
+                # page, grouped each batch names far fewer documents for the sweep to read.
+                records.sort(key=_document_order)
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]
                 yield [_point_info(r, with_payload_size) for r in chunk]
@@ -114,6 +118,33 @@ class QdrantVectorStore:
         """Delete these points if their session_id/document_id are still the ones read and their
         created_at is still a number < created_before; return how many went."""
         return self._delete_refs(points, created_before)
+
+    def points_of(self, document_ids: Sequence[str], session_ids: Sequence[str]) -> list[PointInfo]:
+        """Points whose document_id is one of document_ids or whose session_id is one of
+        session_ids (exact strings): a filter per batch of ids, or one scan in local mode."""
+        wanted = {"document_id": set(document_ids), "session_id": set(session_ids)}
+        if not any(wanted.values()) or not self._exists():
+            return []
+        found: dict[str, PointInfo] = {}
+        for records in self._pages_of(wanted):
+            for record in records:
+                payload = record.payload or {}
+                if any(_text(payload, f) in ids for f, ids in wanted.items()):
+                    found[str(record.id)] = _point_info(record, False)
+        return list(found.values())
+
+    def delete_pinned(self, points: Sequence[PointPin]) -> int:
+        """Delete these points while every value each one pins is still the one read."""
+        refs = [p for p in points if p.session_id is not None or p.document_id is not None]
+        if not refs or not self._exists():
+            return 0
+        deleted = 0
+        for chunk in _chunks(refs, _DELETE_BATCH):
+            if self.scan_deletes:
+                deleted += self._delete_pins_checked(chunk)
+            else:
+                deleted += self._delete_pins_filtered(chunk)
+        return deleted
 
     def point_bytes(self) -> int:
         """Bytes of one point's vectors (float32), from the collection's own configuration."""
@@ -171,6 +202,43 @@ class QdrantVectorStore:
                     yield records
                 if offset is None:
                     return
+
+    def _pages_of(self, wanted: dict[str, set[str]]) -> Iterator[list[models.Record]]:
+        if self.scan_deletes:
+            yield from self._scroll(_LOCAL_PAGE, list(LIFECYCLE_FIELDS))
+            return
+        for field, ids in wanted.items():
+            for batch in _chunks(sorted(ids), _DOCUMENT_BATCH):
+                match = models.FieldCondition(key=field, match=models.MatchAny(any=list(batch)))
+                yield from self._scroll(1000, list(LIFECYCLE_FIELDS), models.Filter(must=[match]))
+
+    def _delete_pins_checked(self, pins: Sequence[PointPin]) -> int:
+        # Local mode: read the points back by id and delete those whose pinned values hold.
+        by_id = {p.point_id: p for p in pins}
+        with self._errors("retrieve"):
+            records = self._client.retrieve(
+                self.collection, ids=list(by_id), with_payload=list(LIFECYCLE_FIELDS)
+            )
+        ids = [r.id for r in records if _pins_hold(r.payload or {}, by_id[str(r.id)])]
+        if ids:
+            with self._errors("delete"):
+                self._client.delete(
+                    self.collection, points_selector=models.PointIdsList(points=ids), wait=True
+                )
+        return len(ids)
+
+    def _delete_pins_filtered(self, pins: Sequence[PointPin]) -> int:
+        # A server re-checks the pins itself: only these ids, only while their values hold.
+        groups: dict[tuple[str | None, str | None], list[str]] = {}
+        for p in pins:
+            groups.setdefault((p.session_id, p.document_id), []).append(p.point_id)
+        points_filter = models.Filter(
+            should=[_pin_filter(s, d, ids) for (s, d), ids in groups.items()]
+        )
+        with self._errors("count"):
+            count = self._client.count(self.collection, count_filter=points_filter, exact=True)
+        self._delete(points_filter)
+        return count.count
 
     def _delete_refs(self, points: Sequence[PointRef], created_before: float | None) -> int:
         if not points or not self._exists():
@@ -286,6 +354,12 @@ def _point_info(record: models.Record, with_payload_size: bool) -> PointInfo:
     )
 
 
+def _document_order(record: models.Record) -> str:
+    # Any payload sorts (a document_id that is not a string sorts as ""); the key is the
+    # payload's own string, so sorting a page allocates no key objects.
+    return _text(record.payload or {}, "document_id") or ""
+
+
 def _text(payload: dict[str, Any], field: str) -> str | None:
     # A string field compared as a MatchValue on a string compares it: other values never match.
     value = payload.get(field)
@@ -310,6 +384,21 @@ def _group_filter(session_id: str | None, document_id: str, ids: list[str]) -> m
             models.FieldCondition(key="session_id", match=models.MatchValue(value=session_id))
         )
     return models.Filter(must=conditions)
+
+
+def _pin_filter(session_id: str | None, document_id: str | None, ids: list[str]) -> models.Filter:
+    conditions: list[models.Condition] = [models.HasIdCondition(has_id=list(ids))]
+    for field, value in (("session_id", session_id), ("document_id", document_id)):
+        if value is not None:
+            conditions.append(
+                models.FieldCondition(key=field, match=models.MatchValue(value=value))
+            )
+    return models.Filter(must=conditions)
+
+
+def _pins_hold(payload: dict[str, Any], pin: PointPin) -> bool:
+    pinned = (("session_id", pin.session_id), ("document_id", pin.document_id))
+    return all(value is None or _text(payload, f) == value for f, value in pinned)
 
 
 def _still_as_judged(payload: dict[str, Any], ref: PointRef, created_before: float | None) -> bool:

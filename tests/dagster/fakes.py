@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -20,6 +22,11 @@ class FakeManager:
     down: frozenset[ResourceType] = frozenset()
     cleanups: int = 0
     closed: bool = False
+    audit_path: str = "/audit.jsonl"
+    # When set, cleanup() says it started, then holds until `release` is set (overlap tests).
+    started: threading.Event | None = None
+    release: threading.Event | None = None
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
     def metrics(
         self, resource_types: Iterable[ResourceType] | None = None
@@ -36,11 +43,17 @@ class FakeManager:
         max_deletions: int | None = None,
         run_id: str | None = None,
     ) -> CleanupReport:
+        begin = time.monotonic()
+        if self.started is not None:
+            self.started.set()
+        if self.release is not None:
+            self.release.wait(timeout=60)
         errors = (
             self.cleanup_errors[self.cleanups] if self.cleanups < len(self.cleanup_errors) else []
         )
         self.cleanups += 1
-        report = CleanupReport(run_id=run_id or "fake", dry_run=dry_run, audit_path="/audit.jsonl")
+        self.spans.append((begin, time.monotonic()))
+        report = CleanupReport(run_id=run_id or "fake", dry_run=dry_run, audit_path=self.audit_path)
         report.add_deleted("redis", 3, 300)
         report.errors.extend(errors)
         return report

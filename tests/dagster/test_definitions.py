@@ -7,9 +7,11 @@ import sys
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
 from rlm_core.settings import Settings
+from rlm_dagster.run_tags import STORE_TAG_PREFIX, cleanup_stores
 from rlm_dagster.wiring import build_definitions
 from tests.dagster.conftest import REPO_ROOT, clean_subprocess_env, dagster_home
 
@@ -29,6 +31,7 @@ def test_definitions_are_loadable_with_the_binding_names(rlm_env: Path) -> None:
     assert built.resolve_job_def("snapshot_job") is not None
     assert built.resolve_job_def("cleanup_job") is not None
     assert built.resolve_sensor_def("usage_pressure_sensor") is not None
+    assert built.resolve_sensor_def("alert_sensor") is not None
     for name in (
         "monitoring_schedule",
         "redis_cleanup_schedule",
@@ -50,16 +53,34 @@ def test_packaged_instance_config_is_the_repository_one() -> None:
     assert packaged.read_text() == (REPO_ROOT / "dagster.yaml").read_text()
 
 
-def test_instance_config_queues_by_priority_one_run_per_store(tmp_path: Path) -> None:
-    config = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
-    limits = config["run_coordinator"]["config"]["tag_concurrency_limits"]
-    assert limits == [
-        {"key": "rlm/resource_type", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
-    ]
+@pytest.mark.parametrize("template", ["dagster.yaml", "dagster.postgres.yaml"])
+def test_instance_config_queues_by_priority_one_run_per_store(template: str) -> None:
+    config = yaml.safe_load((REPO_ROOT / template).read_text())
+    assert "tag_concurrency_limits" not in config["run_coordinator"]["config"]
+    limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    assert limits[0] == {
+        "key": "rlm/resource_type",
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 1,
+    }
+    # One limit per store tag that cleanup runs carry.
+    assert {(limit["key"], limit["limit"]) for limit in limits[1:]} == {
+        (f"{STORE_TAG_PREFIX}{store}", 1) for store in cleanup_stores(None)
+    }
+
+
+def test_instance_uses_current_conventions(tmp_path: Path) -> None:
     home = dagster_home(tmp_path / "home")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
         assert not instance.telemetry_enabled
+        queue = instance.get_concurrency_config().run_queue_config
+        assert queue is not None and queue.max_concurrent_runs == 4
+        assert len(queue.tag_concurrency_limits) == 5
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 1
+        assert not instance.run_retries_retry_on_asset_or_op_failure
+        assert instance.managed_python_loggers == ["rlm"]
+    assert yaml.safe_load((home / "dagster.yaml").read_text())["nux"] == {"enabled": False}
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:

@@ -50,7 +50,17 @@ def test_success_records_metadata_and_logs_the_seed_event(caplog: pytest.LogCapt
     [output] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
     metadata = output.step_output_data.metadata
     assert metadata["bytes_freed"].value == {"redis": 300}
-    assert metadata["audit_path"].value == "/audit.jsonl"
+    # The fake's /audit.jsonl was never written: the run names no audit file.
+    assert metadata["audit_path"].value == ""
+    assert metadata["report"].value == result.output_for_node("cleanup")
+    assert result.output_for_node("cleanup")["audit_path"] is None
+
+
+def test_an_audit_file_that_was_written_is_named(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    audit.write_text("{}\n")
+    result = run_fake(FakeManager(audit_path=str(audit)), CleanupConfig())
+    assert result.output_for_node("cleanup")["audit_path"] == str(audit)
 
 
 def test_store_errors_fail_after_recording_the_report_and_are_retried() -> None:

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import dagster as dg
+import pytest
 
 from rlm_core.domain import CleanupPriority, ResourceType
-from rlm_dagster.sensors import usage_pressure_sensor
+from rlm_dagster.mode import CleanupMode, ModeDecision
+from rlm_dagster.sensors import build_pressure_sensor
 from rlm_dagster.snapshots import new_snapshot_records
 from tests.dagster.conftest import report_snapshot
 
 LOW = CleanupPriority.LOW
 HIGH = CleanupPriority.HIGH
 CRITICAL = CleanupPriority.CRITICAL
+ENFORCE = ModeDecision(CleanupMode.ENFORCE, "test")
+OBSERVE = ModeDecision(CleanupMode.OBSERVE, "test")
+usage_pressure_sensor = build_pressure_sensor(ENFORCE)
 
 
-def tick(instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult | dg.SkipReason:
+def tick(
+    instance: dg.DagsterInstance, cursor: str | None, decision: ModeDecision = ENFORCE
+) -> dg.SensorResult | dg.SkipReason:
     context = dg.build_sensor_context(instance=instance, cursor=cursor)
-    return usage_pressure_sensor(context)
+    result = build_pressure_sensor(decision)(context)
+    assert isinstance(result, dg.SensorResult | dg.SkipReason)
+    return result
 
 
 def requests_of(result: dg.SensorResult | dg.SkipReason) -> list[dg.RunRequest]:
@@ -61,11 +70,23 @@ def test_high_and_critical_become_prioritized_cleanup_runs(instance: dg.DagsterI
         "rlm/resource_type": "qdrant_vectors",
         "rlm/reason": "High resource usage: 78.5%",
         "rlm/trigger": "sensor",
+        "rlm/mode": "enforce",
+        "rlm/store.qdrant": "cleanup",
     }
-    assert high_request.run_config["ops"]["cleanup"]["config"]["resource_type"] == "qdrant_vectors"
+    assert high_request.run_config["ops"]["cleanup"]["config"] == {
+        "resource_type": "qdrant_vectors",
+        "dry_run": False,
+    }
     assert critical_request.run_key == f"usage-mongodb-{critical}"
     assert critical_request.tags["dagster/priority"] == "10"
     assert critical_request.tags["rlm/resource_type"] == "mongodb_metadata"
+    # A MongoDB cleanup cascades into all four stores: the queue keeps it apart from each.
+    assert {k for k in critical_request.tags if k.startswith("rlm/store.")} == {
+        "rlm/store.redis",
+        "rlm/store.qdrant",
+        "rlm/store.minio",
+        "rlm/store.mongodb",
+    }
     assert critical_request.tags["rlm/reason"] == "High resource usage: 93.2%"
     assert isinstance(result, dg.SensorResult) and result.cursor == str(critical)
 
@@ -96,3 +117,24 @@ def test_reading_pages_never_skips_a_snapshot(instance: dg.DagsterInstance) -> N
 def test_sensor_is_running_by_default() -> None:
     assert usage_pressure_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert usage_pressure_sensor.job_name == "cleanup_job"
+
+
+def test_observe_mode_turns_sensor_runs_into_tagged_dry_runs(instance: dg.DagsterInstance) -> None:
+    report_snapshot(instance, ResourceType.REDIS_CACHE, 95.0, CRITICAL)
+    [request] = requests_of(tick(instance, None, OBSERVE))
+    assert request.run_config["ops"]["cleanup"]["config"]["dry_run"] is True
+    assert request.tags["rlm/mode"] == "observe"
+    assert request.tags["rlm/trigger"] == "sensor"
+
+
+def test_sensor_targets_cleanup_job_by_name_without_warnings(
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    """job_name= keeps Definitions from rebinding the sensor (a spurious BetaWarning in 1.13)."""
+    from rlm_core.settings import Settings
+    from rlm_dagster.wiring import build_definitions
+
+    dg.Definitions.validate_loadable(build_definitions(Settings.from_env({})))
+    assert not [
+        w for w in recwarn if "Warning" in type(w.message).__name__ and "dagster" in w.filename
+    ]
