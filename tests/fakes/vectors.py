@@ -70,7 +70,7 @@ class MemoryVectors:
                 stored = self._points()
                 ids = sorted(pid for pid in stored if pid > after)[:page_size]
                 page = [(pid, stored[pid]) for pid in ids]
-            if not with_payload_size:
+            if not with_payload_size and len(page) > batch_size:
                 page.sort(key=lambda item: _document_order(item[1]))
             for start in range(0, len(page), batch_size):
                 yield [
@@ -184,9 +184,9 @@ def _info(point_id: str, payload: Payload, with_payload_size: bool) -> PointInfo
     )
 
 
-def _document_order(payload: Payload) -> tuple[str, str]:
-    # As the scan path groups a page: by document, then session; other values sort as "".
-    return (_text(payload, "document_id") or "", _text(payload, "session_id") or "")
+def _document_order(payload: Payload) -> str:
+    # As the scan path groups a page: by document (a stable sort); other values sort as "".
+    return _text(payload, "document_id") or ""
 
 
 def _point_id(value: str) -> str:
