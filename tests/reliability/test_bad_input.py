@@ -402,6 +402,11 @@ BAD_VALUES: dict[str, list[str]] = {
     "collection": ["a b", "$x", "system.x", "c" * 300],
     "patterns": ["*", "?x", "[a-z]*", ","],
     "templates": ["doc:text", "doc:{user}", "doc:{doc_id}{", ","],
+    "choice": ["maybe", "json,text"],
+    "token": ["short", "has a space in it ok", "\x01" * 20],
+    "prefix": ["../up"],
+    "pem": ["/nonexistent/ca.pem"],
+    "region": ["us east", "a/b"],
 }
 KIND = {
     "REDIS_CACHE_TTL_HOURS": "float",
@@ -436,9 +441,29 @@ KIND = {
     "QDRANT_COLLECTION": "name",
     "REDIS_CACHE_KEY_PATTERNS": "patterns",
     "REDIS_DOCUMENT_KEY_TEMPLATES": "templates",
+    "RLM_CLEANUP_MODE": "choice",
+    "RLM_LOG_FORMAT": "choice",
+    "RLM_AUDIT_SINK": "choice",
+    "RLM_API_TOKEN": "token",
+    "RLM_API_ADMIN_TOKEN": "token",
+    "RLM_ALERT_WEBHOOK_URL": "url",
+    "RLM_DAGSTER_URL": "url",
+    "RLM_AUDIT_PREFIX": "prefix",
+    "RLM_AUDIT_RETENTION_DAYS": "int",
+    "REDIS_CLUSTER": "bool",
+    "REDIS_CA_BUNDLE": "pem",
+    "MINIO_CA_BUNDLE": "pem",
+    "MINIO_REGION": "region",
 }
 # Free text where any non-empty value is acceptable.
-FREE = {"QDRANT_API_KEY", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY", "RLM_DATA_DIR", "RLM_AUDIT_DIR"}
+FREE = {
+    "QDRANT_API_KEY",
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_KEY",
+    "MINIO_SESSION_TOKEN",
+    "RLM_DATA_DIR",
+    "RLM_AUDIT_DIR",
+}
 
 
 def test_a_batch_size_too_large_for_the_stores_fails_at_start_not_mid_cleanup(
