@@ -75,9 +75,13 @@ def metrics(env: dict[str, str]) -> dict[str, dict[str, object]]:
 
 
 def wait_for_sensor_cleanups(
-    instance: dg.DagsterInstance, daemon: subprocess.Popen[bytes], timeout: float = 420
+    instance: dg.DagsterInstance,
+    daemon: subprocess.Popen[bytes],
+    expected: set[str],
+    timeout: float = 420,
 ) -> list[dg.DagsterRun]:
-    """Poll until the sensor's cleanup runs exist and have all finished."""
+    """Poll until the sensor has requested a cleanup of each expected resource type (the
+    snapshot's assets may reach the sensor in different ticks) and every run has finished."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert daemon.poll() is None, "dagster-daemon exited early"
@@ -86,7 +90,8 @@ def wait_for_sensor_cleanups(
             for r in instance.get_runs(dg.RunsFilter(job_name="cleanup_job"))
             if r.tags.get("rlm/trigger") == "sensor"
         ]
-        if runs and all(r.status in DONE for r in runs):
+        targets = {r.tags.get("rlm/resource_type") for r in runs}
+        if expected <= targets and all(r.status in DONE for r in runs):
             return runs
         time.sleep(2)
     raise AssertionError("the sensor's cleanup runs did not finish in time")
@@ -127,7 +132,9 @@ def test_snapshot_sensor_queue_cleanup(instance_env: dict[str, str], tmp_path: P
     )
     try:
         with dg.DagsterInstance.from_config(instance_env["DAGSTER_HOME"]) as instance:
-            runs = wait_for_sensor_cleanups(instance, daemon)
+            runs = wait_for_sensor_cleanups(
+                instance, daemon, {"qdrant_vectors", "mongodb_metadata"}
+            )
             snapshot_runs = [
                 r
                 for r in instance.get_runs(dg.RunsFilter(job_name="snapshot_job"))
