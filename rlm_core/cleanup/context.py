@@ -96,7 +96,11 @@ class Leases:
         """Take every lease, or none; None on success, else which store is busy and by whom."""
         now = self._now()
         for name in self._names:
-            busy = self._metadata.acquire_lease(name, self._holder, now, self._ttl)
+            try:
+                busy = self._metadata.acquire_lease(name, self._holder, now, self._ttl)
+            except StoreError:
+                self._release_quietly()
+                raise
             if busy is not None:
                 self.release()
                 return (
@@ -123,6 +127,14 @@ class Leases:
         for name in self._held:
             self._metadata.release_lease(name, self._holder)
         self._held = []
+
+    def _release_quietly(self) -> None:
+        # A store blip mid-acquire: give back what was taken (best effort; what cannot be
+        # given back expires), so the next run is not refused for a lease nobody holds.
+        try:
+            self.release()
+        except StoreError:
+            self._held = []
 
 
 @dataclass

@@ -1752,3 +1752,23 @@ def test_reupload_of_a_claimed_document_takes_it_back(machine: LifecycleMachine)
         )
         doc = machine.model.docs[doc_id]
         assert doc.status == "processing" and doc.key in machine.model.objects, at
+
+
+def test_item_cap_in_the_store_sweeps(machine: LifecycleMachine) -> None:
+    """The cap counts single items in the Qdrant, Redis and orphan sweeps too: with three
+    candidates each, a cap of 2 takes exactly two, in a dry run as in the real one."""
+    step(machine, "raw_document", age_days=0)  # an existing document: the sweeps may run
+    for _ in range(3):
+        step(machine, "chunks", where="vanished", age_hours=25)
+        step(machine, "cache_key", index=0, ttl=None, idle=7200, kind="cache")
+        step(machine, "orphan_object")
+    step(machine, "advance", hours=24 * 8)
+    for resource in (
+        ResourceType.QDRANT_VECTORS,
+        ResourceType.REDIS_CACHE,
+        ResourceType.MINIO_FILES,
+    ):
+        before = len(machine.model.points), len(machine.model.keys), len(machine.model.objects)
+        step(machine, "dry_then_real", resource=resource, cap=2)
+        after = len(machine.model.points), len(machine.model.keys), len(machine.model.objects)
+        assert sum(before) - sum(after) == 2, (resource, before, after)
