@@ -137,9 +137,9 @@ def rlm_vectors(params: dict[str, Any]) -> dict[str, Any]:
     settings = Settings(data_dir=tmp, audit_dir=tmp, qdrant_vector_size=params["vector_size"])
     stores = Stores(
         cache=_unused,
-        vectors=lambda: vectors,  # type: ignore[arg-type,return-value]
+        vectors=lambda: vectors,
         objects=_unused,
-        metadata=lambda: metadata,  # type: ignore[arg-type,return-value]
+        metadata=lambda: metadata,
     )
     manager = LifecycleManager(settings, stores, FakeClock(now))
     base_rss = loaded_rss()

@@ -117,7 +117,7 @@ def rlm_sweep(params: dict[str, Any]) -> dict[str, Any]:
     # A real run takes its lease on the store in the metadata store (one row here).
     metadata = SqliteMetadataStore(tmp / "meta.sqlite3")
     stores = Stores(
-        cache=lambda: cache,  # type: ignore[arg-type,return-value]
+        cache=lambda: cache,
         vectors=_unused,
         objects=_unused,
         metadata=lambda: metadata,

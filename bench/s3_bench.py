@@ -132,8 +132,8 @@ def rlm_objects(params: dict[str, Any]) -> dict[str, Any]:
     stores = Stores(
         cache=_unused,
         vectors=_unused,
-        objects=lambda: objects,  # type: ignore[arg-type,return-value]
-        metadata=lambda: metadata,  # type: ignore[arg-type,return-value]
+        objects=lambda: objects,
+        metadata=lambda: metadata,
     )
     clock = FakeClock(datetime.now(UTC) + AHEAD)
     manager = LifecycleManager(settings, stores, clock)

@@ -111,10 +111,10 @@ def _manager(params: dict[str, Any], qdrant: Any) -> tuple[Any, Any]:
     ]
     cache, vectors, objects, metadata = (CountingProxy(a, own.sample) for a in adapters)
     stores = Stores(
-        cache=lambda: cache,  # type: ignore[arg-type,return-value]
-        vectors=lambda: vectors,  # type: ignore[arg-type,return-value]
-        objects=lambda: objects,  # type: ignore[arg-type,return-value]
-        metadata=lambda: metadata,  # type: ignore[arg-type,return-value]
+        cache=lambda: cache,
+        vectors=lambda: vectors,
+        objects=lambda: objects,
+        metadata=lambda: metadata,
     )
     return LifecycleManager(settings, stores, SystemClock()), own
 
