@@ -308,7 +308,9 @@ def run(
         memory.growth[n] = median([growth(r) for r in results["rlm"]])
         memory.raw_growth[n] = median([growth(r) for r in results["scroll"]])
         traced = run_worker(
-            "bench.qdrant_bench:rlm_vectors", {"n": n, "vector_size": vector_size, "trace": True}
+            "bench.qdrant_bench:rlm_vectors",
+            {"n": n, "vector_size": vector_size, "trace": True},
+            timeout=2400,
         )
         memory.own_kb[n] = traced["own_peak_kb"]
         log(f"qdrant n={n} traced: own peak {traced['own_peak_kb']:.0f} KiB")

@@ -277,7 +277,9 @@ def run(sizes: list[int], runs: int, naive_cap: float) -> tuple[list[Row], Memor
             memory.growth[n] = median([growth(r) for r in results["rlm"]])
             memory.raw_growth[n] = median([growth(r) for r in results["raw"]])
             reset(port, dataset)
-            traced = run_worker("bench.redis_bench:rlm_sweep", {"port": port, "trace": True})
+            traced = run_worker(
+                "bench.redis_bench:rlm_sweep", {"port": port, "trace": True}, timeout=2400
+            )
             memory.own_kb[n] = traced["own_peak_kb"]
             log(f"redis n={n} traced: own peak {traced['own_peak_kb']:.0f} KiB")
             dataset.unlink()

@@ -309,7 +309,9 @@ def run(
             memory.growth[n] = median([growth(r) for r in results["rlm"]])
             memory.raw_growth[n] = median([growth(r) for r in results["raw"]])
             moto.command(f"put {BUCKET} 0 {n} {ORPHAN_EVERY}")
-            traced = run_worker("bench.s3_bench:rlm_objects", {**params, "trace": True})
+            traced = run_worker(
+                "bench.s3_bench:rlm_objects", {**params, "trace": True}, timeout=2400
+            )
             memory.own_kb[n] = traced["own_peak_kb"]
             log(f"s3 n={n} traced: own peak {traced['own_peak_kb']:.0f} KiB")
             moto.command(f"put {BUCKET} 0 {n} {ORPHAN_EVERY}")

@@ -109,7 +109,9 @@ def _manager(params: dict[str, Any], qdrant: Any) -> tuple[Any, Any]:
         S3ObjectStore(minio, s3_bench.BUCKET),
         SqliteMetadataStore(Path(params["sqlite"]), s3_bench.BUCKET),
     ]
-    cache, vectors, objects, metadata = (CountingProxy(a, own.sample) for a in adapters)
+    cache, vectors, metadata = (CountingProxy(a, own.sample) for a in adapters[:2] + adapters[3:])
+    # iter_objects yields one object at a time, not pages: no sample per object.
+    objects = CountingProxy(adapters[2], own.sample, paged=False)
     stores = Stores(
         cache=lambda: cache,
         vectors=lambda: vectors,
@@ -231,7 +233,9 @@ def run(sizes: list[tuple[int, int, int]], runs: int, vector_size: int) -> tuple
                     log(
                         f"snapshot {keys}/{points}/{objects} run {r + 1}: rlm {res['rlm']} raw {res['raw']}"
                     )
-                traced = run_worker("bench.snapshot_bench:snapshot", {**params, "trace": True})
+                traced = run_worker(
+                    "bench.snapshot_bench:snapshot", {**params, "trace": True}, timeout=2400
+                )
                 memory.own_kb[keys] = traced["own_peak_kb"]
                 memory.growth[keys] = median([r["rlm_growth_mb"] for r in results])
                 memory.raw_growth[keys] = median([r["raw_growth_mb"] for r in results])
