@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rlm_core.clock import to_utc
 from rlm_core.ports import StoreError
@@ -65,7 +65,7 @@ class FileAuditSink:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.location = str(folder)
-        self._file: TextIO | None = None
+        self._fd: int | None = None
         self._open_path: Path | None = None
 
     def file_for(self, at: datetime) -> Path:
@@ -77,23 +77,27 @@ class FileAuditSink:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, run_id: str, at: datetime, lines: list[dict[str, Any]]) -> None:
-        """Append lines, flush and fsync before returning."""
-        handle = self._handle(self.file_for(at))
-        for line in lines:
-            handle.write(json.dumps(line, default=str) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+        """Append lines in one O_APPEND write, then fsync before returning.
 
-    def _handle(self, path: Path) -> TextIO:
-        if self._file is not None and self._open_path == path:
-            return self._file
+        Runs in other processes (parallel cleanups, the parts of a fan-out) append to the same
+        day's file: one write per batch keeps their lines whole, where a buffered file would
+        flush a batch in pieces that another process's lines could land between."""
+        fd = self._handle(self.file_for(at))
+        data = memoryview("".join(json.dumps(line, default=str) + "\n" for line in lines).encode())
+        while data:
+            data = data[os.write(fd, data) :]
+        os.fsync(fd)
+
+    def _handle(self, path: Path) -> int:
+        if self._fd is not None and self._open_path == path:
+            return self._fd
         self.close()
         created = not path.exists()
-        self._file = path.open("a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._open_path = path
         if created:
             _fsync_folder(path.parent)  # the new file's name is durable too, not only its bytes
-        return self._file
+        return self._fd
 
     def read(self, since: datetime | None, run_id: str | None) -> Iterator[dict[str, Any]]:
         """Lines of the dated files from since's day on, filtered by start time and run."""
@@ -112,9 +116,9 @@ class FileAuditSink:
 
     def close(self) -> None:
         """Close the open file."""
-        if self._file is not None:
-            self._file.close()
-        self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
         self._open_path = None
 
 

@@ -284,24 +284,53 @@ def test_writes_go_to_the_file_of_their_runs_start_day(tmp_path: Path) -> None:
 def test_the_file_sink_keeps_one_handle_per_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    opened: list[Path] = []
-    real_open = Path.open
+    opened: list[str] = []
+    real_open = os.open
 
-    def counting_open(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
-        if mode == "a":
-            opened.append(self)
-        return real_open(self, mode, *args, **kwargs)
+    def counting_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", counting_open)
+    monkeypatch.setattr(os, "open", counting_open)
     sink = FileAuditSink(tmp_path)
     for n in range(3):
         sink.write("r1", NOW, [{"n": n}])
-    assert opened == [day_file(tmp_path, NOW)]
+    assert opened.count(str(day_file(tmp_path, NOW))) == 1
     sink.close()
     sink.write("r1", NOW, [{"n": 3}])
-    assert len(opened) == 2
+    assert opened.count(str(day_file(tmp_path, NOW))) == 2
     sink.close()
     assert len(read_audit(day_file(tmp_path, NOW))) == 4
+
+
+def test_the_file_sink_appends_a_batch_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Other processes append to the same day's file (parallel cleanups, a fan-out's parts): a
+    # batch written in pieces could have their lines land between the pieces.
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    sink = FileAuditSink(tmp_path)
+    batch = [{"n": n, "pad": "x" * 200} for n in range(400)]  # ~90 KB, past any buffer
+    sink.write("r1", NOW, batch)
+    sink.close()
+    assert len(writes) == 1
+    assert writes[0] > 64 * 1024
+    with open(day_file(tmp_path, NOW), "ab") as other:
+        other.write(b'{"n": "other"}\n')
+    sink.write("r1", NOW, [{"n": "again"}])
+    sink.close()
+    assert [line["n"] for line in read_audit(day_file(tmp_path, NOW))][-3:] == [
+        399,
+        "other",
+        "again",
+    ]
 
 
 def test_a_new_file_makes_its_folder_entry_durable_once(
