@@ -54,6 +54,9 @@ from rlm_dagster.submit import GraphQLSubmitter, RunSubmitter, SubmitError
 MAX_BODY_BYTES = 64 * 1024
 MAX_WAIT_SECONDS = 600
 POLL_SECONDS = 1.0
+# ASCII digits only, and few enough that int() stays cheap: a larger number is over the limit
+# anyway, so its exact value never matters.
+DECIMAL = re.compile(r"[0-9]{1,20}")
 RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 UNPROTECTED_REFUSAL = (
     "RLM_API_TOKEN and RLM_API_ADMIN_TOKEN are both unset; allowed: set at least one "
@@ -70,7 +73,8 @@ class Role(enum.IntEnum):
 
 
 class ApiError(Exception):
-    """An answer other than success: status, message, and the body field at fault if any."""
+    """An answer other than success: status, message, and the body field or request header at
+    fault if any."""
 
     def __init__(
         self,
@@ -78,11 +82,13 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         headers: dict[str, str] | None = None,
+        header: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.field = field
+        self.header = header
         self.headers = headers or {}
 
 
@@ -172,16 +178,39 @@ def authorize(request: Request, needed: Role) -> Role:
     return role
 
 
+def declared_length(request: Request) -> int | None:
+    """The Content-Length the client declared, if any; 400 naming the header when it is not a
+    whole number of bytes, 413 when it is over the limit (nothing is read either way)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return None
+    if not DECIMAL.fullmatch(declared.strip()):
+        raise ApiError(
+            400,
+            f"Content-Length: {declared[:32]!r} is not valid; allowed: a whole number of bytes "
+            f"(at most {MAX_BODY_BYTES}), or no Content-Length with a chunked body",
+            header="Content-Length",
+        )
+    if int(declared) > MAX_BODY_BYTES:
+        raise too_large()
+    return int(declared)
+
+
+def too_large() -> ApiError:
+    """413 for a body past the limit."""
+    return ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+
+
 async def read_body(request: Request) -> bytes:
-    """The request body, refused (413) past 64 KB whether or not Content-Length says so."""
-    declared = request.headers.get("content-length", "")
-    if declared and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+    """The request body, refused (413) past 64 KB whether or not Content-Length says so: a
+    chunked body is read only up to the first chunk past the limit (uvicorn then drops the rest
+    as it arrives, keeping the connection usable for a client that sends it all first)."""
+    declared_length(request)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > MAX_BODY_BYTES:
-            raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
+            raise too_large()
     return bytes(body)
 
 
@@ -338,18 +367,24 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
-def error_body(status: int, message: str, field: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, field: str | None = None, header: str | None = None
+) -> dict[str, Any]:
     """Every error's JSON shape."""
     body: dict[str, Any] = {"error": message, "status": status}
     if field is not None:
         body["field"] = field
+    if header is not None:
+        body["header"] = header
     return body
 
 
 async def on_api_error(request: Request, exc: Exception) -> Response:
     """An ApiError as its JSON answer."""
     assert isinstance(exc, ApiError)
-    return JSONResponse(error_body(exc.status, exc.message, exc.field), exc.status, exc.headers)
+    return JSONResponse(
+        error_body(exc.status, exc.message, exc.field, exc.header), exc.status, exc.headers
+    )
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -5,10 +5,12 @@ need runs to execute, a real `dagster-daemon`.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from rlm_core.adapters.qdrant_vectors import connect_qdrant
 from rlm_core.settings import Settings
+from rlm_dagster.api import create_app
 from rlm_dagster.run_reports import run_report
 from rlm_dagster.wiring import build_definitions
 from tests.dagster.conftest import REPO_ROOT, clean_subprocess_env, dagster_home
@@ -350,6 +356,100 @@ def test_bodies_over_64_kb_are_refused(stack: Stack) -> None:
     response = connection.getresponse()
     assert response.status == 413 and json.loads(response.read())["status"] == 413
     connection.close()
+
+
+MALFORMED_LENGTHS = ["abc", "-1", "+5", "1e3", "1.5", "0x10", ""]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("declared", ["abc", "-1", "+5", "1e3"])
+def test_a_malformed_content_length_is_400_through_uvicorn(stack: Stack, declared: str) -> None:
+    """uvicorn's HTTP parser refuses it before the app (its own text/plain 400); never a 413."""
+    drop_queued(stack)
+    host, port = stack.api.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/resources/cleanup HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {ADMIN}\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode() + DRY_CLEANUP)
+        status, _ = read_response(sock)
+    assert status == 400
+    assert call(stack, "GET", "/api/resources/queue", READ).body["queue_size"] == 0
+
+
+def test_the_mounted_app_answers_a_malformed_content_length_400_naming_the_header(
+    tmp_path: Path,
+) -> None:
+    """Mounted in another ASGI app (whose server may pass the header on), the API itself refuses a
+    Content-Length that is not a whole number of bytes: 400, JSON, the header named; an
+    over-limit one stays 413."""
+    settings = Settings.from_env({"RLM_API_ADMIN_TOKEN": ADMIN, "RLM_DATA_DIR": str(tmp_path)})
+    parent = Starlette(routes=[Mount("/rlm", app=create_app(settings))])
+    answers = asyncio.run(post_mounted(parent, [*MALFORMED_LENGTHS, str(64 * 1024 + 1)]))
+    for declared, answer in zip(MALFORMED_LENGTHS, answers[:-1], strict=True):
+        assert answer.status_code == 400, (declared, answer.text)
+        assert answer.json()["header"] == "Content-Length"
+        assert answer.json()["error"].startswith(f"Content-Length: {declared!r} is not valid")
+    over = answers[-1]
+    assert over.status_code == 413 and over.json()["status"] == 413
+
+
+async def post_mounted(app: Starlette, lengths: list[str]) -> list[httpx.Response]:
+    """A dry-run cleanup POSTed to the app mounted at /rlm, once per declared Content-Length."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://rlm.test") as client:
+        assert (await client.get("/rlm/api/health")).json() == {"status": "ok"}
+        return [
+            await client.post(
+                "/rlm/api/resources/cleanup",
+                content=DRY_CLEANUP,
+                headers={"Authorization": f"Bearer {ADMIN}", "Content-Length": declared},
+            )
+            for declared in lengths
+        ]
+
+
+@pytest.mark.integration
+def test_a_chunked_body_past_the_limit_is_refused_before_it_ends(stack: Stack) -> None:
+    """No Content-Length: the 413 comes once 64 KB have streamed in, while the body has not
+    ended (its last chunk is not sent yet), so the body is never held whole."""
+    host, port = stack.api.removeprefix("http://").split(":")
+    head = (
+        f"POST /api/resources/cleanup HTTP/1.1\r\nHost: {host}\r\n"
+        f"Authorization: Bearer {ADMIN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    chunk = b" " * 10_000
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(head.encode() + b'10\r\n{"dry_run": true\r\n')
+        for _ in range(7):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        status, body = read_response(sock)
+        assert status == 413 and json.loads(body) == {
+            "error": "request body over 65536 bytes",
+            "status": 413,
+        }
+        # The connection stays usable: the rest of the body is dropped as it comes.
+        sock.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunk), chunk))
+        sock.sendall(f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        assert read_response(sock)[1] == b'{"status":"ok"}'
+
+
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """The status and body of one HTTP/1.1 answer with a Content-Length, off a raw socket."""
+    raw = b""
+    while b"\r\n\r\n" not in raw:
+        got = sock.recv(65536)
+        assert got, f"connection closed mid-answer: {raw!r}"
+        raw += got
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        got = sock.recv(65536)
+        assert got, "connection closed mid-body"
+        body += got
+    return int(status_line.split()[1]), body
 
 
 # --- the queue while runs wait (no daemon yet: submitted runs stay QUEUED) -------------------
