@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -136,15 +137,25 @@ def _info(entry: os.DirEntry[str], prefix: str) -> ObjectInfo:
 
 
 def _copy(stream: BinaryIO, out: BinaryIO, length: int | None) -> int:
-    """Copy in 1 MiB chunks: all of the stream, or exactly `length` bytes."""
+    """Copy in 1 MiB chunks: all of the stream, or exactly `length` bytes.
+
+    Each chunk is written by a helper thread while the next one is read (and, for an upload,
+    hashed): both release the GIL, so reading and writing overlap instead of taking turns.
+    At most one write is in flight, so memory stays two chunks whatever the size."""
     written = 0
-    while length is None or written < length:
-        want = CHUNK_BYTES if length is None else min(CHUNK_BYTES, length - written)
-        chunk = stream.read(want)
-        if not chunk:
-            break
-        out.write(chunk)
-        written += len(chunk)
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: Future[int] | None = None
+        while length is None or written < length:
+            want = CHUNK_BYTES if length is None else min(CHUNK_BYTES, length - written)
+            chunk = stream.read(want)
+            if not chunk:
+                break
+            if pending is not None:
+                pending.result()  # a failed write stops the copy here
+            pending = writer.submit(out.write, chunk)
+            written += len(chunk)
+        if pending is not None:
+            pending.result()
     if length is not None and written != length:
         raise OSError(f"stream ended after {written} bytes; expected {length}")
     return written
