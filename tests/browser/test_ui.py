@@ -1,10 +1,12 @@
 """The newcomer's path in a real browser: `rlm run` on a fresh data dir, then the Dagster UI.
 
 One `rlm run` (seed the embedded stores, keep the embedded Redis up, `dagster dev`) serves the
-whole module on a free port; headless Debian Chromium, driven by Playwright, checks that the usage
-assets are listed, that a usage asset plots its numeric metadata and that a dry-run cleanup
-launched from the Launchpad succeeds. Ctrl-C (SIGINT) must then stop everything: no dagster
-process and no embedded redis-server may outlive it.
+whole module on a free port, in observe mode (RLM_CLEANUP_MODE=observe, as a first production
+deploy runs): the demo's CRITICAL MongoDB makes the pressure sensor launch a cleanup that only
+reports. Headless Debian Chromium, driven by Playwright, checks that this run shows what it would
+have deleted, that the usage assets are listed, that a usage asset plots its numeric metadata and
+that a dry-run cleanup launched from the Launchpad succeeds. Ctrl-C (SIGINT) must then stop
+everything: no dagster process and no embedded redis-server may outlive it.
 
 Screenshots, rlm's log and the measured start-up times go to artifacts/ (gitignored). With
 RLM_UPDATE_UI_SCREENSHOT=1 the asset plot screenshot also replaces docs/ui.png, the README's
@@ -28,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
 import pytest
 import yaml
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
 
+from rlm_dagster.run_reports import run_report
 from tests.services import free_port, require_or_skip
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -63,6 +67,8 @@ DRY_RUN_CONFIG = "ops:\n  cleanup:\n    config:\n      dry_run: true\n"
 UI_TIMEOUT_S = 120
 MATERIALIZATION_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 180
+OBSERVED_RUN_TIMEOUT_S = 300
+PRESSURE_SENSOR = "usage_pressure_sensor"
 STOP_TIMEOUT_S = 60
 ORPHAN_GRACE_S = 10
 # Connections and knobs of the caller's shell that would turn the embedded demo into something else.
@@ -77,6 +83,7 @@ FOREIGN_VARIABLES = (
     "MINIO_SECRET_KEY",
     "RLM_AUDIT_DIR",
     "RLM_DEMO",
+    "RLM_CLEANUP_MODE",
 )
 
 MATERIALIZATIONS = """
@@ -94,6 +101,31 @@ mutation Launch($params: ExecutionParams!) {
     ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message }
     ... on RunConfigValidationInvalid { errors { message } }
+  }
+}
+"""
+OBSERVED_RUNS = """
+query Observed {
+  runsOrError(filter: {
+    pipelineName: "cleanup_job", statuses: [SUCCESS],
+    tags: [{key: "rlm/mode", value: "observe"}, {key: "rlm/trigger", value: "sensor"}]
+  }) {
+    __typename
+    ... on Runs { results { runId } }
+  }
+}
+"""
+SENSOR_STATE = """
+query Sensor($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) { __typename ... on Sensor { sensorState { id } } }
+}
+"""
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
   }
 }
 """
@@ -197,6 +229,24 @@ class RlmUI:
         assert node["__typename"] == "Run", node
         return node
 
+    def observed_runs(self) -> list[str]:
+        """Successful cleanup runs the sensor launched in observe mode, newest first."""
+        node = self.graphql(OBSERVED_RUNS)["runsOrError"]
+        assert node["__typename"] == "Runs", node
+        return [run["runId"] for run in node["results"]]
+
+    def stop_sensor(self, name: str) -> None:
+        """Stop a sensor, so that it launches no more runs while the other tests use the UI."""
+        selector = {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+        node = self.graphql(SENSOR_STATE, selector={**selector, "sensorName": name})
+        state_id = node["sensorOrError"]["sensorState"]["id"]
+        stopped = self.graphql(STOP_SENSOR, id=state_id)["stopSensor"]
+        assert stopped["instigationState"]["status"] == "STOPPED", stopped
+
+    def dagster_home(self) -> Path:
+        """The instance `rlm run` created under its data dir."""
+        return self.tmp / "data" / "dagster-home"
+
     def stop(self) -> list[str]:
         """Ctrl-C rlm, wait for it, and return the processes of this UI still alive."""
         if self.stopped:
@@ -254,7 +304,12 @@ def rlm_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RlmUI]:
     tmp = tmp_path_factory.mktemp("rlm-ui")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in FOREIGN_VARIABLES}
-    env.update(RLM_DATA_DIR=str(tmp / "data"), RLM_PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(
+        RLM_DATA_DIR=str(tmp / "data"),
+        RLM_PORT=str(port),
+        RLM_CLEANUP_MODE="observe",
+        PYTHONUNBUFFERED="1",
+    )
     log_path = ARTIFACTS / "ui-rlm-run.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -321,6 +376,51 @@ def _screenshot(page: Page, name: str) -> Path:
     path = ARTIFACTS / name
     page.screenshot(path=str(path))
     return path
+
+
+def test_an_observed_sensor_run_shows_what_it_would_have_deleted(rlm_ui: RlmUI, page: Page) -> None:
+    """The sensor's cleanup of the CRITICAL MongoDB, tagged rlm/mode=observe, deleted nothing; its
+    run page shows the mode and, per store, the counts of its dry-run report."""
+    _wait(
+        "a successful observe-mode cleanup launched by the sensor",
+        rlm_ui,
+        OBSERVED_RUN_TIMEOUT_S,
+        lambda: bool(rlm_ui.observed_runs()),
+    )
+    rlm_ui.stop_sensor(PRESSURE_SENSOR)  # one observed run is enough; the rest only load the CPU
+    run_id = rlm_ui.observed_runs()[-1]
+    with dg.DagsterInstance.from_config(str(rlm_ui.dagster_home())) as instance:
+        report = run_report(instance, run_id)
+    assert report is not None and report["dry_run"] is True, report
+    would_delete = report["deleted_counts"]
+    total = sum(would_delete.values())
+    assert total > 0, report  # the demo plants expired data in every store
+
+    page.goto(rlm_ui.url(f"/runs/{run_id}"))
+    expect(page.get_by_text("RUN_SUCCESS", exact=True)).to_be_visible()
+    page.get_by_role("button", name="View tags and config").click()
+    tags = page.get_by_role("dialog").filter(has_text="Tags")
+    expect(tags).to_contain_text("rlm/mode: observe")
+    expect(tags).to_contain_text("rlm/trigger: sensor")
+    tags.get_by_role("button", name="OK").click()
+
+    shown = _metadata_dialog(page, "observe_would_delete", "[Show JSON]")
+    counts = json.loads(shown.inner_text().split("observe_would_delete", 1)[1].split("Copy")[0])
+    assert counts == would_delete
+    _screenshot(page, "ui-observe-would-delete.png")
+    shown.get_by_role("button", name="Close").click()
+    note = _metadata_dialog(page, "observe_note", "[Show Markdown]")
+    expect(note).to_contain_text(f"would have deleted {total} items")
+
+
+def _metadata_dialog(page: Page, label: str, action: str) -> Locator:
+    """Open the dialog behind a metadata entry of the run's event log (JSON, Markdown)."""
+    row = page.locator("tr").filter(has=page.get_by_text(label, exact=True))
+    expect(row).to_have_count(1)
+    row.get_by_text(action, exact=True).click()
+    dialog = page.get_by_role("dialog").filter(has_text=label)
+    expect(dialog).to_be_visible()
+    return dialog
 
 
 def test_the_usage_assets_are_listed(rlm_ui: RlmUI, page: Page) -> None:

@@ -7,7 +7,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from importlib import metadata
 from pathlib import Path
 
@@ -36,21 +35,14 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_importing_the_cli_loads_neither_dagster_nor_the_core() -> None:
+    """What keeps `rlm --help` fast; its wall time is measured in bench/run (bench/api_bench.py),
+    not timed here."""
     probe = "import sys, rlm_dagster.cli; print(sorted({m.split('.')[0] for m in sys.modules}))"
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     loaded = set(json.loads(done.stdout.replace("'", '"')))
     assert not loaded & {"dagster", "rlm_core", "pandas", "redis", "qdrant_client", "pymongo"}
-
-
-def test_help_answers_in_under_half_a_second() -> None:
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        subprocess.run([RLM, "--help"], capture_output=True, timeout=30, check=True)
-        timings.append(time.perf_counter() - start)
-    assert min(timings) < 0.5, timings
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,7 +122,7 @@ def test_a_dry_run_that_plans_nothing_names_no_audit_file(
     assert code == 0 and response["success"] and response["deleted_counts"]["redis"] == 0
     assert response["audit_path"] is None
     audit = rlm_env / "audit"
-    assert not audit.exists() or not any(response["run_id"] in p.name for p in audit.iterdir())
+    assert not audit.exists() or not any(audit.iterdir())  # nothing was written anywhere
 
 
 def test_cleanup_runs_carry_the_mode(rlm_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
