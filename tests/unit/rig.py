@@ -53,10 +53,10 @@ class Rig:
     # Audit lines and store writes, in the order they happened: ("audit", (store, target)) or
     # ("cache.unlink_idle", keys) and the like (tests/faults.py names stores and writes).
     journal: list[tuple[str, Any]] = field(default_factory=list)
-    # Actions run once, at the next call of a method (read or write) or just after it: the app
-    # acting at that exact moment.
-    before: dict[str, list[Hook]] = field(default_factory=dict)
-    after: dict[str, list[Hook]] = field(default_factory=dict)
+    # Per method, one action per call, in order (None: let that call pass), run just before or
+    # just after the call reaches the store: the app acting at that exact moment.
+    before: dict[str, list[Hook | None]] = field(default_factory=dict)
+    after: dict[str, list[Hook | None]] = field(default_factory=dict)
     # Every store call, reads and iterator pages included, in order.
     calls: list[Call] = field(default_factory=list)
     _audit_read: dict[Path, int] = field(default_factory=dict)
@@ -131,8 +131,11 @@ class Rig:
             self.flush_audit()
             if method in MUTATIONS:
                 self.journal.append((f"{store}.{method}", _summary(self.calls[-1].args)))
-        for action in (self.before if phase == "before" else self.after).pop(method, []):
-            action()
+        actions = (self.before if phase == "before" else self.after).get(method)
+        if actions:
+            action = actions.pop(0)
+            if action is not None:
+                action()
 
     def audited(self, store: str | None = None) -> list[str]:
         """Targets of the audit lines, in order, optionally of one store."""
