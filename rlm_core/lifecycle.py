@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from rlm_core.audit import open_audit
 from rlm_core.cleanup.cache import sweep_cache
-from rlm_core.cleanup.context import Budget, Leases, Sweep
+from rlm_core.cleanup.context import Budget, Leases, StoreSet, Sweep
 from rlm_core.cleanup.documents import expire_documents
 from rlm_core.cleanup.objects import sweep_orphan_objects
 from rlm_core.cleanup.vectors import sweep_vectors
@@ -26,7 +26,7 @@ from rlm_core.erasure import erase_user
 from rlm_core.events import MONITORING_COMPLETED, log_event
 from rlm_core.monitoring import measure_cache, measure_metadata, measure_objects, measure_vectors
 from rlm_core.policy import Retention
-from rlm_core.ports import StoreError
+from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, StoreError, VectorStore
 from rlm_core.settings import Settings
 from rlm_core.stores import Stores
 
@@ -139,14 +139,20 @@ class LifecycleManager:
         dry_run: bool = False,
         max_deletions: int | None = None,
         run_id: str | None = None,
+        shard: str | None = None,
     ) -> CleanupReport:
-        """Clean one store (or all, when None) by the rules of SPEC section 4."""
+        """Clean one store (or all, when None) by the rules of SPEC section 4.
+
+        `shard` (Redis only, one of `cache_shards()`) sweeps one part of the cache: a fan-out
+        runs one such cleanup per shard, each with its own share of the cap (`split_cap`)."""
         _check_cleanup_args(resource_type, dry_run, max_deletions)
+        _check_shard(resource_type, shard)
         cap = max_deletions if max_deletions is not None else self.settings.max_deletions_per_run
-        sweep = self._sweep(run_id or uuid.uuid4().hex, dry_run, cap)
+        stores = self.stores if shard is None else _ShardStores(self.stores, shard)
+        sweep = self._sweep(run_id or uuid.uuid4().hex, dry_run, cap, stores)
         steps = PLANS[resource_type]
         try:
-            if not dry_run and not self._lease(sweep, steps):
+            if not dry_run and not self._lease(sweep, steps, shard):
                 return sweep.report
             if REFERENCE_STEPS & set(steps) and not self._references_readable(sweep):
                 return sweep.report
@@ -162,8 +168,17 @@ class LifecycleManager:
                 self._release(sweep.leases, sweep)
         return sweep.report
 
-    def _lease(self, sweep: Sweep, steps: tuple[_Step, ...]) -> bool:
+    def cache_shards(self) -> list[str]:
+        """The parts a Redis sweep can be split into (a cluster's primaries); StoreError if down."""
+        return self.stores.cache().shards()
+
+    def _lease(self, sweep: Sweep, steps: tuple[_Step, ...], shard: str | None = None) -> bool:
         names = {store for step in steps for store in STEP_LEASES[step]}
+        if shard is not None:
+            # The parts of one fan-out run side by side: each leases its own shard, so two
+            # sweeps of one primary never overlap (the run-level guard keeps whole-store runs
+            # apart, and the check-and-unlink script never counts a key twice).
+            names = {f"redis@{shard}"}
         leases = Leases(self.stores.metadata(), names, sweep.run_id, self.clock.now)
         try:
             busy = leases.acquire()
@@ -196,7 +211,7 @@ class LifecycleManager:
             return False
         return True
 
-    def _sweep(self, run_id: str, dry_run: bool, cap: int | None) -> Sweep:
+    def _sweep(self, run_id: str, dry_run: bool, cap: int | None, stores: StoreSet) -> Sweep:
         now = self.clock.now()
         s = self.settings
         retention = Retention(
@@ -210,7 +225,7 @@ class LifecycleManager:
         for store in ("redis", "qdrant", "minio", "mongodb"):
             report.deleted_counts.setdefault(store, 0)
             report.bytes_freed.setdefault(store, 0)
-        return Sweep(s, self.stores, retention, audit, Budget(cap), report, run_id, dry_run)
+        return Sweep(s, stores, retention, audit, Budget(cap), report, run_id, dry_run)
 
     def _metadata_populated(self, sweep: Sweep) -> bool:
         # An empty metadata store makes every point and object look orphaned: far likelier a
@@ -294,6 +309,52 @@ class LifecycleManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def split_cap(cap: int | None, parts: int) -> list[int | None]:
+    """Shares of one run's deletion cap for `parts` shards, adding up to the cap and never past
+    it: a shard whose share is 0 gets 0 (it deletes nothing and says it was capped)."""
+    if parts < 1:
+        raise ValueError(f"parts: {parts!r} is not valid; allowed: a whole number >= 1")
+    if cap is None:
+        return [None] * parts
+    base, extra = divmod(cap, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class _ShardStores:
+    """The run's stores, with the cache scanning one shard only."""
+
+    def __init__(self, stores: Stores, shard: str) -> None:
+        self._stores = stores
+        self._shard = shard
+        self._cache: CacheStore | None = None
+
+    def cache(self) -> CacheStore:
+        if self._cache is None:
+            self._cache = self._stores.cache().restricted(self._shard)
+        return self._cache
+
+    def vectors(self) -> VectorStore:
+        return self._stores.vectors()
+
+    def objects(self) -> ObjectStore:
+        return self._stores.objects()
+
+    def metadata(self) -> MetadataStore:
+        return self._stores.metadata()
+
+
+def _check_shard(resource_type: ResourceType | None, shard: object) -> None:
+    if shard is None:
+        return
+    if resource_type is not ResourceType.REDIS_CACHE:
+        raise ValueError(
+            f"shard: {shard!r} is not valid for resource_type {resource_type!r}; allowed: a "
+            "shard only with ResourceType.REDIS_CACHE, None otherwise"
+        )
+    if not isinstance(shard, str) or not shard.strip():
+        raise ValueError(f"shard: {shard!r} is not valid; allowed: one of cache_shards()")
 
 
 def _check_cleanup_args(resource_type: object, dry_run: object, max_deletions: object) -> None:

@@ -94,6 +94,16 @@ class CacheStore(Protocol):
         """The subset of keys that exist."""
         ...
 
+    def shards(self) -> list[str]:
+        """The parts a sweep can be split into, each scanned on its own: a cluster's primaries
+        (`host:port`), or the one server."""
+        ...
+
+    def restricted(self, shard: str) -> CacheStore:
+        """This store with `scan` reading only `shard` (one of `shards()`); writes still go
+        wherever each key lives. Raises StoreError if the shard is no longer there."""
+        ...
+
     def seed(self, items: Sequence[CacheSeed]) -> None:
         """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
         ...

@@ -6,6 +6,7 @@ import dagster as dg
 
 from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.settings import Settings
+from rlm_dagster.fanout import fanout_run_config, redis_fanout_job
 from rlm_dagster.jobs import cleanup_job, cleanup_run_config, snapshot_job
 from rlm_dagster.mode import ModeDecision, cleanup_mode
 from rlm_dagster.run_tags import MODE_TAG, SCHEDULED_REASON, Trigger, cleanup_tags
@@ -45,15 +46,24 @@ def interval_to_cron(seconds: int, variable: str = "interval") -> str:
 
 
 def cleanup_schedule(
-    name: str, resource_type: ResourceType, cron: str, decision: ModeDecision
+    name: str,
+    resource_type: ResourceType,
+    cron: str,
+    decision: ModeDecision,
+    fan_out: bool = False,
 ) -> dg.ScheduleDefinition:
     """A schedule running cleanup_job for one store at queue priority 0 (a dry run in observe
-    mode)."""
+    mode); with `fan_out` (Redis in cluster mode), redis_fanout_job: one part per primary."""
+    dry_run = decision.automatic_dry_run
     return dg.ScheduleDefinition(
         name=name,
         cron_schedule=cron,
-        job=cleanup_job,
-        run_config=cleanup_run_config(resource_type, dry_run=decision.automatic_dry_run),
+        job=redis_fanout_job if fan_out else cleanup_job,
+        run_config=(
+            fanout_run_config(dry_run=dry_run)
+            if fan_out
+            else cleanup_run_config(resource_type, dry_run=dry_run)
+        ),
         tags=cleanup_tags(
             resource_type, CleanupPriority.LOW, SCHEDULED_REASON, Trigger.SCHEDULE, decision.mode
         ),
@@ -83,6 +93,7 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
             rt,
             interval_to_cron(getattr(settings, f"{rt.store}_cleanup_interval_seconds"), variable),
             decision,
+            fan_out=rt is ResourceType.REDIS_CACHE and settings.redis_cluster,
         )
         for rt, variable in CLEANUP_INTERVALS.items()
     ]

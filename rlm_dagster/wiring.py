@@ -8,6 +8,7 @@ from rlm_core.settings import Settings, SettingsError
 from rlm_dagster.alerts import AlertWebhook, alert_sensor
 from rlm_dagster.assets import fresh_usage_assets, usage_history
 from rlm_dagster.erasure import erase_user_job
+from rlm_dagster.fanout import redis_fanout_job
 from rlm_dagster.jobs import cleanup_job, snapshot_job
 from rlm_dagster.logs import configure_logging
 from rlm_dagster.mode import cleanup_mode, log_mode
@@ -27,7 +28,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     log_mode(decision, "code location")
     return dg.Definitions(
         assets=[*fresh_usage_assets(settings), usage_history],
-        jobs=[snapshot_job, cleanup_job, erase_user_job],
+        jobs=[snapshot_job, cleanup_job, redis_fanout_job, erase_user_job],
         schedules=schedules,
         sensors=[build_pressure_sensor(decision), alert_sensor],
         resources={"lifecycle": LifecycleResource(), "alerts": AlertWebhook()},

@@ -15,6 +15,7 @@ import redis
 from pymongo import ReadPreference
 from redis.cluster import RedisCluster
 
+from rlm_core.adapters import redis_cache
 from rlm_core.adapters.mongo_metadata import MongoMetadataStore
 from rlm_core.adapters.redis_cache import RedisCacheStore, connect_redis
 from rlm_core.clock import FakeClock
@@ -78,8 +79,18 @@ def test_scan_covers_every_primary_and_leaves_other_keys(cluster: RedisCluster) 
     assert store.existing(probe) == probe[:-1]
 
 
+def _evalsha_calls(cluster: RedisCluster) -> int:
+    stats = [node.info("commandstats").get("cmdstat_evalsha", {}) for node in _per_primary(cluster)]
+    return sum(int(s.get("calls", 0)) for s in stats)
+
+
 @pytest.mark.integration
-def test_scripts_run_per_slot_without_crossslot_errors(cluster: RedisCluster) -> None:
+@pytest.mark.parametrize("form", ["one call per primary", "one call per slot (Redis < 7)"])
+def test_scripts_run_per_slot_without_crossslot_errors(
+    cluster: RedisCluster, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if form.endswith("(Redis < 7)"):
+        monkeypatch.setattr(redis_cache, "_flags_supported", lambda cluster: False)
     store = RedisCacheStore(cluster, PATTERNS)
     idle = _seed(store, 120, 2 * HOUR)
     fresh = _seed(store, 80, 0, prefix="doc:text:")
@@ -94,6 +105,75 @@ def test_scripts_run_per_slot_without_crossslot_errors(cluster: RedisCluster) ->
     assert set(store.memory_usage(fresh)) == set(fresh)
     assert set(store.unlink(fresh)) == set(fresh)
     assert store.existing([*idle, *fresh]) == []
+
+
+@pytest.mark.integration
+def test_a_batch_costs_one_script_call_per_primary(cluster: RedisCluster) -> None:
+    store = RedisCacheStore(cluster, PATTERNS)
+    idle = _seed(store, 600, 2 * HOUR)  # spread over ~600 slots of 3 primaries
+    for node in _per_primary(cluster):
+        node.config_resetstat()
+    described = [k for batch in store.scan(1000) for k in batch]
+    assert len(described) == 600
+    assert set(store.unlink_idle(idle, HOUR)) == set(idle)
+    # SCAN's one batch, then the unlink: 3 primaries each, not one call per slot (~1,200).
+    assert _evalsha_calls(cluster) <= 2 * 3 + 3  # (+ a NOSCRIPT retry per primary at most)
+
+
+@pytest.mark.integration
+def test_a_key_that_moved_fails_its_primarys_call_before_any_write(
+    cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reshard between the routing and the script: the primary refuses the key it no longer
+    holds. The script reads every key before it writes, so none of the group was unlinked by the
+    refused call, and the per-slot retry counts every key it unlinked exactly once."""
+    store = RedisCacheStore(cluster, PATTERNS)
+    idle = _seed(store, 60, 2 * HOUR)
+    primaries = cluster.get_primaries()
+    victim = idle[-1]  # routed last in its group: a script writing as it reads would have
+    real_home = cluster.get_node_from_key(victim)  # unlinked the others before the refusal
+    wrong = next(n for n in primaries if n.name != real_home.name)
+    routed = cluster.get_node_from_key
+
+    def misrouted(key: bytes, *args: object, **kwargs: object) -> object:
+        return wrong if key == victim else routed(key, *args, **kwargs)
+
+    monkeypatch.setattr(cluster, "get_node_from_key", misrouted)
+    fallbacks: list[int] = []
+    per_slot = redis_cache._eval_per_slot
+
+    def counting(cluster: RedisCluster, script: object, keys: list[bytes], *rest: object) -> object:
+        fallbacks.append(len(keys))
+        return per_slot(cluster, script, keys, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(redis_cache, "_eval_per_slot", counting)
+    gone = store.unlink_idle(idle, HOUR)
+    assert set(gone) == set(idle)  # each key counted once, with its memory
+    assert all(size > 0 for size in gone.values())
+    assert fallbacks == [len([k for k in idle if routed(k).name == wrong.name]) + 1]
+    assert store.existing(idle) == []
+
+
+@pytest.mark.integration
+def test_a_full_cluster_still_unlinks(
+    cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_fallback(*args: object) -> object:
+        raise AssertionError("a primary refused the cluster form of the script")
+
+    monkeypatch.setattr(redis_cache, "_eval_per_slot", no_fallback)
+    store = RedisCacheStore(cluster, PATTERNS)
+    idle = _seed(store, 90, 2 * HOUR)
+    nodes = _per_primary(cluster)
+    try:
+        for node in nodes:
+            node.config_set("maxmemory", "1")  # every write is refused with OOM
+        with pytest.raises(redis.ResponseError, match=r"OOM|maxmemory"):
+            cluster.set(b"cache:new", b"x")
+        assert set(store.unlink_idle(idle, HOUR)) == set(idle)
+    finally:
+        for node in nodes:
+            node.config_set("maxmemory", "0")
 
 
 @pytest.mark.integration

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import fcntl
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,9 +34,9 @@ _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClus
 # Each unlinked key is returned with its MEMORY USAGE measured just before, so the bytes a
 # report claims are the store's own figure for what actually went.
 _UNLINK_IDLE = """
-local min_idle = tonumber(ARGV[1])
+local min_idle = tonumber(argv[1])
 local gone = {}
-for _, key in ipairs(KEYS) do
+for _, key in ipairs(keys) do
   if redis.call('TTL', key) == -1 then
     local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
     if ok and idle >= min_idle then
@@ -50,7 +52,7 @@ return gone
 
 _UNLINK_MEASURED = """
 local gone = {}
-for _, key in ipairs(KEYS) do
+for _, key in ipairs(keys) do
   local okm, used = pcall(redis.call, 'MEMORY', 'USAGE', key)
   if redis.call('UNLINK', key) == 1 then
     gone[#gone + 1] = key
@@ -64,9 +66,9 @@ return gone
 # instead of two or three pipelined commands per key. idle -1 means the server cannot tell
 # (LFU policy); memory -1 means not asked for. Reads here do not touch a key's LRU clock.
 _DESCRIBE = """
-local with_memory = ARGV[1] == '1'
+local with_memory = argv[1] == '1'
 local out = {}
-for i, key in ipairs(KEYS) do
+for i, key in ipairs(keys) do
   local ttl = redis.call('TTL', key)
   local ok, idle = pcall(redis.call, 'OBJECT', 'IDLETIME', key)
   if not ok then idle = -1 end
@@ -84,14 +86,46 @@ return out
 
 _EXPIRE_IF_PERSISTENT = """
 local set = 0
-for i, key in ipairs(KEYS) do
+for i, key in ipairs(keys) do
   if redis.call('TTL', key) == -1 then
-    redis.call('EXPIRE', key, ARGV[i])
+    redis.call('EXPIRE', key, argv[i])
     set = set + 1
   end
 end
 return set
 """
+
+
+# Each script reads its keys from `keys` and the rest from `argv`. On one server they are KEYS
+# and ARGV. In a cluster a script may declare keys of one hash slot only, so the cluster form
+# passes the keys in ARGV (ARGV[1] = how many) with Redis 7's `allow-cross-slot-keys` flag: one
+# call per primary per batch instead of one per slot. The server refuses a key that is not
+# local, so every script touches all its keys read-only (TTL, which keeps the LRU clock) before
+# it writes: a key that moved fails the whole call before any write, and the call is sent again
+# per slot through the cluster client. `allow-oom`: a cleanup must run when Redis is full.
+_PLAIN_PROLOGUE = "local keys, argv = KEYS, ARGV\n"
+_CLUSTER_PROLOGUE = """#!lua flags=allow-cross-slot-keys,allow-oom
+local n = tonumber(ARGV[1])
+local keys, argv = {}, {}
+for i = 2, n + 1 do keys[#keys + 1] = ARGV[i] end
+for i = n + 2, #ARGV do argv[#argv + 1] = ARGV[i] end
+for _, key in ipairs(keys) do redis.call('TTL', key) end
+"""
+
+
+@dataclass(frozen=True)
+class _Lua:
+    """One script in its single-server form and its cluster (keys in ARGV) form."""
+
+    plain: Script
+    cluster: Script
+
+
+def _lua(client: RedisClient, body: str) -> _Lua:
+    return _Lua(
+        client.register_script(_PLAIN_PROLOGUE + body),
+        client.register_script(_CLUSTER_PROLOGUE + body),
+    )
 
 
 class RedisCacheStore:
@@ -105,11 +139,13 @@ class RedisCacheStore:
         self.patterns = patterns
         self._client = client
         self._cluster = client if isinstance(client, RedisCluster) else None
+        self._only: str | None = None  # the one shard `scan` reads (see `restricted`)
         self._matchers = tuple(glob_regex(p) for p in patterns)
-        self._unlink_idle_script = client.register_script(_UNLINK_IDLE)
-        self._expire_script = client.register_script(_EXPIRE_IF_PERSISTENT)
-        self._describe_script = client.register_script(_DESCRIBE)
-        self._unlink_script = client.register_script(_UNLINK_MEASURED)
+        self._unlink_idle_script = _lua(client, _UNLINK_IDLE)
+        self._expire_script = _lua(client, _EXPIRE_IF_PERSISTENT)
+        self._describe_script = _lua(client, _DESCRIBE)
+        self._unlink_script = _lua(client, _UNLINK_MEASURED)
+        self._cross_slot: bool | None = None  # every primary runs flagged scripts (>= 7.0)
 
     def scan(self, batch_size: int, with_memory: bool = False) -> Iterator[list[CacheKey]]:
         """Stream cache keys (SCAN + pipelined TTL/IDLETIME[/MEMORY USAGE]) in batches."""
@@ -179,6 +215,19 @@ class RedisCacheStore:
                 found.extend(k for k, n in zip(chunk, pipe.execute(), strict=True) if n)
         return found
 
+    def shards(self) -> list[str]:
+        """A cluster's primaries (`host:port`), or the one server: each is scanned on its own."""
+        with self._errors("CLUSTER NODES"):
+            if self._cluster is None:
+                return [_location(self._client)]
+            return sorted(node.name for node in self._cluster.get_primaries())  # type: ignore[no-untyped-call]
+
+    def restricted(self, shard: str) -> RedisCacheStore:
+        """This store with `scan` reading only `shard`; writes still go wherever a key lives."""
+        view = copy.copy(self)
+        view._only = shard
+        return view
+
     def seed(self, items: Sequence[CacheSeed]) -> None:
         """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
         with self._errors("seed"):
@@ -218,23 +267,43 @@ class RedisCacheStore:
     def _scan_targets(self) -> list[redis.Redis]:
         # A cluster's keys are split over its primaries: SCAN each one (replicas hold copies).
         if self._cluster is None:
+            if self._only is not None and self._only != _location(self._client):
+                raise StoreError(
+                    f"Redis shard {self._only} is not this server ({_location(self._client)})"
+                )
             return [self._client]  # type: ignore[list-item]
         cluster = self._cluster
-        return [cluster.get_redis_connection(node) for node in cluster.get_primaries()]  # type: ignore[no-untyped-call]
+        primaries = cluster.get_primaries()  # type: ignore[no-untyped-call]
+        if self._only is not None:
+            chosen = [node for node in primaries if node.name == self._only]
+            if not chosen:
+                # A failover or reshard since the fan-out was planned: its keys now live on
+                # another primary, which that fan-out's own part never scans. Plan again.
+                raise StoreError(
+                    f"Redis shard {self._only} is no longer a cluster primary (primaries now: "
+                    f"{', '.join(sorted(n.name for n in primaries))}); run the fan-out again"
+                )
+            primaries = chosen
+        return [cluster.get_redis_connection(node) for node in primaries]
 
     def _eval(
         self,
-        script: Script,
+        script: _Lua,
         keys: Sequence[bytes],
         args: Sequence[int | str] = (),
         per_key: Sequence[int] | None = None,
     ) -> list[tuple[list[bytes], Any]]:
         """Run a script over keys; return (keys, reply) per call. ARGV is `args` then each
-        key's own `per_key` value. A cluster takes only keys of one hash slot per script."""
+        key's own `per_key` value. In a cluster: one call per primary (Redis >= 7.0), else one
+        per hash slot."""
         own = list(per_key) if per_key is not None else []
         if self._cluster is None:
-            return [(list(keys), script(keys=keys, args=[*args, *own]))]
-        return _eval_per_slot(self._cluster, script, keys, args, own)
+            return [(list(keys), script.plain(keys=keys, args=[*args, *own]))]
+        if self._cross_slot is None:
+            self._cross_slot = _flags_supported(self._cluster)
+        if self._cross_slot:
+            return _eval_per_primary(self._cluster, script, keys, args, own)
+        return _eval_per_slot(self._cluster, script.plain, keys, args, own)
 
     def _describe(self, keys: list[bytes], with_memory: bool) -> list[CacheKey]:
         described = []
@@ -266,6 +335,48 @@ class RedisCacheStore:
             raise StoreError(
                 f"Redis {action} failed on {_location(self._client)}: {exc}{_tls_hint(exc)}"
             ) from exc
+
+
+def _flags_supported(cluster: RedisCluster) -> bool:
+    """Whether every primary runs scripts with flags (Redis 7.0 or later)."""
+    for node in cluster.get_primaries():  # type: ignore[no-untyped-call]
+        version = str(cluster.get_redis_connection(node).info("server").get("redis_version", ""))
+        major = version.split(".")[0]
+        if not major.isdigit() or int(major) < 7:
+            return False
+    return True
+
+
+def _eval_per_primary(
+    cluster: RedisCluster,
+    script: _Lua,
+    keys: Sequence[bytes],
+    args: Sequence[int | str],
+    per_key: list[int],
+) -> list[tuple[list[bytes], Any]]:
+    """One call per primary holding some of the keys (the cluster form of the script); a call
+    the primary refuses (a key moved in a reshard or failover) is sent again per slot."""
+    by_node: dict[str, list[int]] = {}
+    nodes = {}
+    for i, key in enumerate(keys):
+        node = cluster.get_node_from_key(key)  # type: ignore[no-untyped-call]
+        nodes[node.name] = node
+        by_node.setdefault(node.name, []).append(i)
+    out: list[tuple[list[bytes], Any]] = []
+    for name, indexes in by_node.items():
+        group = [keys[i] for i in indexes]
+        own = [per_key[i] for i in indexes] if per_key else []
+        connection = cluster.get_redis_connection(nodes[name])
+        try:
+            reply = script.cluster(
+                keys=[], args=[len(group), *group, *args, *own], client=connection
+            )
+        except redis.ResponseError:
+            # Refused before any write (the script reads every key first): nothing was done.
+            out.extend(_eval_per_slot(cluster, script.plain, group, args, own))
+            continue
+        out.append((group, reply))
+    return out
 
 
 def _eval_per_slot(

@@ -300,3 +300,21 @@ def test_closed_embedded_client_is_released(tmp_path: Path) -> None:
     del client
     gc.collect()
     assert ref() is None
+
+
+# ------------------------------------------------------------ shards (a fan-out's parts)
+
+
+def test_one_server_is_one_shard_whose_scan_is_the_whole_scan(cache: Harness) -> None:
+    cache.raw.mset({b"cache:a": b"1", b"doc:text:b": b"2", b"other:c": b"3"})
+    [shard] = cache.store.shards()
+    assert set(scanned(cache.store.restricted(shard))) == {b"cache:a", b"doc:text:b"}
+    assert set(scanned(cache.store)) == {b"cache:a", b"doc:text:b"}  # the store is unchanged
+
+
+def test_a_shard_that_is_not_there_fails_the_scan_and_touches_nothing(cache: Harness) -> None:
+    cache.raw.set(b"cache:a", b"1")
+    gone = cache.store.restricted("10.255.0.1:1")
+    with pytest.raises(StoreError, match=r"10\.255\.0\.1:1"):
+        scanned(gone)
+    assert cache.raw.get(b"cache:a") == b"1"

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from rlm_core.adapters.redis_cache import glob_regex
 from rlm_core.clock import Clock, SystemClock
-from rlm_core.ports import CacheKey, CacheSeed, NotOursError
+from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
 
 # What MEMORY USAGE adds to a key's own bytes (dict entry, object header, SDS headers).
 ENTRY_OVERHEAD = 56
 LFU_POLICIES = frozenset({"allkeys-lfu", "volatile-lfu"})
+# The name of the one server, as shards() gives it.
+SHARD = "memory"
 
 
 @dataclass
@@ -202,9 +205,12 @@ class MemoryCache:
         self.patterns = patterns
         self._client = client
         self._matchers = tuple(glob_regex(p) for p in patterns)
+        self._only: str | None = None  # the shard `scan` reads (see `restricted`)
 
     def scan(self, batch_size: int, with_memory: bool = False) -> Iterator[list[CacheKey]]:
         """Stream cache keys in batches; a key gone by the time its batch is read is left out."""
+        if self._only not in (None, SHARD):
+            raise StoreError(f"Redis shard {self._only} is not this server ({SHARD})")
         keys = [k for k in self._client.scan_iter() if self.is_ours(k)]
         for start in range(0, len(keys), batch_size):
             described = [
@@ -252,6 +258,17 @@ class MemoryCache:
     def existing(self, keys: Sequence[bytes]) -> list[bytes]:
         """The subset of keys that exist."""
         return [key for key in keys if self._client.exists(key)]
+
+    def shards(self) -> list[str]:
+        """One server: one shard."""
+        return [SHARD]
+
+    def restricted(self, shard: str) -> MemoryCache:
+        """The one shard is the whole store; any other name is gone (as after a failover), which
+        its scan reports."""
+        view = copy.copy(self)
+        view._only = shard
+        return view
 
     def seed(self, items: Sequence[CacheSeed]) -> None:
         """Write keys (any keys: seeding models the whole app), idle time backdated."""
