@@ -13,7 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import dedup_bench, erase_bench, qdrant_bench, redis_bench, s3_bench, snapshot_bench
+from bench import (
+    dedup_bench,
+    erase_bench,
+    fanout_bench,
+    qdrant_bench,
+    redis_bench,
+    s3_bench,
+    snapshot_bench,
+)
 from bench.common import Row
 
 HERE = Path(__file__).resolve().parent
@@ -32,6 +40,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dedup_mb": 64,
         "erase": [1, 10],
         "erase_runs": 1,
+        "fanout": [50_000],
+        "fanout_runs": 1,
         "runs": 3,
         "naive_cap": 0.5,
         "per_object_cap": 0.5,
@@ -47,6 +57,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dedup_mb": 512,
         "erase": [10, 100],
         "erase_runs": 3,
+        "fanout": [1_000_000],
+        "fanout_runs": 1,
         "runs": 3,
         "naive_cap": 5.0,
         "per_object_cap": 5.0,
@@ -73,7 +85,9 @@ def _main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, about 2 minutes")
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     parser.add_argument(
-        "--only", default="redis,s3,qdrant,snapshot,dedup,erase", help="comma-separated benches"
+        "--only",
+        default="redis,s3,qdrant,snapshot,dedup,erase,fanout",
+        help="comma-separated benches",
     )
     parser.add_argument(
         "--results",
@@ -106,6 +120,8 @@ def _main() -> int:
         rows += dedup_bench.run(int(p["dedup_mb"]), runs)
     if "erase" in only:
         rows += erase_bench.run(p["erase"], int(p["erase_runs"]))
+    if "fanout" in only:
+        rows += fanout_bench.run(p["fanout"], int(p["fanout_runs"]))
     elapsed = time.perf_counter() - start
     load = f"{load} -> {_load()}"
     command = "bench/run" + (" --quick" if args.quick else "")
