@@ -26,7 +26,9 @@ from rlm_dagster.fanout import (
     fanout_run_config,
     redis_fanout_job,
 )
+from rlm_dagster.guard import run_stores
 from rlm_dagster.resources import LifecycleResource
+from rlm_dagster.run_tags import RESOURCE_TYPE_TAG
 from rlm_dagster.schedules import build_schedules
 from rlm_dagster.wiring import build_definitions
 from tests import test_connections
@@ -283,3 +285,9 @@ def test_on_one_server_the_redis_schedule_runs_cleanup_job(
     monkeypatch.delenv("REDIS_URL")
     schedules = {s.name: s for s in build_schedules(Settings.from_env())}
     assert schedules["redis_cleanup_schedule"].job_name == "cleanup_job"
+
+
+def test_a_fanout_run_holds_the_redis_store_for_the_queue_and_the_guard() -> None:
+    tags = redis_fanout_job.tags
+    assert run_stores(FANOUT_JOB, tags) == {"redis"}
+    assert tags[RESOURCE_TYPE_TAG] == "redis_cache"
