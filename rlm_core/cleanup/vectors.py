@@ -84,8 +84,13 @@ def _existing_documents(sweep: Sweep, doc_ids: list[str]) -> set[str]:
 def _unprotected(sweep: Sweep, points: list[PointEvidence]) -> list[PointEvidence]:
     metadata, since = sweep.stores.metadata(), sweep.retention.active_since
     active = metadata.active_sessions(sorted({p.session_id for p in points if p.session_id}), since)
-    referenced = metadata.active_references(sorted({p.document_id for p in points}), since)
-    return [p for p in points if p.session_id not in active and p.document_id not in referenced]
+    # An active session protects its points whatever references say: only the documents of
+    # points in inactive sessions need their references read (most sessions are active).
+    inactive = [p for p in points if p.session_id not in active]
+    if not inactive:
+        return []
+    referenced = metadata.active_references(sorted({p.document_id for p in inactive}), since)
+    return [p for p in inactive if p.document_id not in referenced]
 
 
 def _delete(sweep: Sweep, doomed: list[tuple[PointEvidence, str]]) -> None:
