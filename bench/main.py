@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    api_bench,
     dedup_bench,
     erase_bench,
     fanout_bench,
@@ -86,7 +87,7 @@ def _main() -> int:
     parser.add_argument("--json", metavar="PATH", help="write the rows as a JSON list")
     parser.add_argument(
         "--only",
-        default="redis,s3,qdrant,snapshot,dedup,erase,fanout",
+        default="redis,s3,qdrant,snapshot,dedup,erase,fanout,api",
         help="comma-separated benches",
     )
     parser.add_argument(
@@ -122,6 +123,8 @@ def _main() -> int:
         rows += erase_bench.run(p["erase"], int(p["erase_runs"]))
     if "fanout" in only:
         rows += fanout_bench.run(p["fanout"], int(p["fanout_runs"]))
+    if "api" in only:
+        rows += api_bench.run(name)
     elapsed = time.perf_counter() - start
     load = f"{load} -> {_load()}"
     command = "bench/run" + (" --quick" if args.quick else "")

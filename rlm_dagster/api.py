@@ -52,6 +52,9 @@ from rlm_dagster.snapshots import iso_utc, latest_snapshot
 from rlm_dagster.submit import GraphQLSubmitter, RunSubmitter, SubmitError
 
 MAX_BODY_BYTES = 64 * 1024
+# How long an answer of GET /metrics is reused: a snapshot lands once per monitoring interval
+# (a minute or more), while pollers may be many and a read costs tens of milliseconds.
+METRICS_CACHE_SECONDS = 1.0
 MAX_WAIT_SECONDS = 600
 POLL_SECONDS = 1.0
 # ASCII digits only, and few enough that int() stays cheap: a larger number is over the limit
@@ -124,13 +127,50 @@ Body = TypeVar("Body", bound=BaseModel)
 
 
 @dataclass
+class SnapshotCache:
+    """GET /metrics' answer, read from the instance at most once per `ttl` seconds; while one
+    request re-reads it, the others get the previous one (`as_of` dates each store)."""
+
+    ttl: float = METRICS_CACHE_SECONDS
+    _value: dict[str, Any] | None = None
+    _read_at: float = 0.0
+    _reading: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def current(self) -> dict[str, Any] | None:
+        """The answer to reuse; None when the caller must re-read (it then calls `refresh`)."""
+        with self._lock:
+            if self._value is None:
+                return None
+            if self._reading or time.monotonic() - self._read_at < self.ttl:
+                return self._value
+            self._reading = True
+            return None
+
+    def refresh(self, open_instance: Callable[[], dg.DagsterInstance]) -> dict[str, Any]:
+        """Read the latest snapshots now and keep the answer."""
+        started = time.monotonic()
+        try:
+            value = snapshot_metrics(open_instance())
+        finally:
+            with self._lock:
+                self._reading = False
+        with self._lock:
+            if started >= self._read_at:
+                self._value, self._read_at = value, started
+        return value
+
+
+@dataclass
 class ApiState:
-    """What every request shares: settings, tokens, the instance and the run submitter."""
+    """What every request shares: settings, tokens, the instance, the run submitter and the
+    metrics cache."""
 
     settings: Settings
     submitter: RunSubmitter
     tokens: dict[Role, bytes] = field(default_factory=dict)
     instance: dg.DagsterInstance | None = None
+    metrics_cache: SnapshotCache = field(default_factory=SnapshotCache)
     _opening: threading.Lock = field(default_factory=threading.Lock)
 
     def dagster(self) -> dg.DagsterInstance:
@@ -257,14 +297,17 @@ def live_metrics(settings: Settings) -> dict[str, Any]:
 
 
 async def metrics(request: Request) -> Response:
-    """GET /api/resources/metrics[?live=true]: from the latest snapshots, or measured now (admin)."""
+    """GET /api/resources/metrics[?live=true]: from the latest snapshots (read at most once a
+    second), or measured now (admin)."""
     state: ApiState = request.app.state.rlm
     authorize(request, Role.READ)
     if flag(request, "live"):
         authorize(request, Role.ADMIN)
         return JSONResponse(await run_in_threadpool(live_metrics, state.settings))
-    instance = await run_in_threadpool(state.dagster)
-    return JSONResponse(await run_in_threadpool(snapshot_metrics, instance))
+    cached = state.metrics_cache.current()
+    if cached is not None:
+        return JSONResponse(cached)
+    return JSONResponse(await run_in_threadpool(state.metrics_cache.refresh, state.dagster))
 
 
 async def queue(request: Request) -> Response:

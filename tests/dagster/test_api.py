@@ -26,11 +26,12 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from rlm_core.adapters.qdrant_vectors import connect_qdrant
+from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.settings import Settings
-from rlm_dagster.api import create_app
+from rlm_dagster.api import SnapshotCache, create_app
 from rlm_dagster.run_reports import run_report
 from rlm_dagster.wiring import build_definitions
-from tests.dagster.conftest import REPO_ROOT, clean_subprocess_env, dagster_home
+from tests.dagster.conftest import REPO_ROOT, clean_subprocess_env, dagster_home, report_snapshot
 from tests.dagster.test_integration import QUIET_SCHEDULES
 from tests.services import free_port
 
@@ -522,6 +523,12 @@ def test_metrics_come_from_the_latest_snapshots_and_live_measures_now(
             key.path[-1]: instance.fetch_materializations(key, limit=1).records[0]
             for key in (dg.AssetKey(["usage", s]) for s in ("redis", "qdrant", "minio", "mongodb"))
         }
+    # The API reuses an answer for up to a second (SnapshotCache): wait for one read after the job.
+    wait_until(
+        lambda: call(stack, "GET", "/api/resources/metrics", READ).body["redis"]["as_of"],
+        30,
+        "the new snapshots in the API's answer",
+    )
     answer = call(stack, "GET", "/api/resources/metrics", READ)
     assert answer.status == 200 and set(answer.body) == set(latest)
     for store, record in latest.items():
@@ -542,6 +549,32 @@ def _unix(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_metrics_cache_rereads_once_aged_and_never_sticks(
+    instance: dg.DagsterInstance,
+) -> None:
+    """One request re-reads an aged answer while the others get the previous one; a failed read
+    leaves the next request to re-read."""
+    cache = SnapshotCache(ttl=3600)
+    report_snapshot(instance, ResourceType.REDIS_CACHE, 10.0, CleanupPriority.LOW)
+    assert cache.current() is None
+    first = cache.refresh(lambda: instance)
+    assert first["redis"]["cleanup_priority"] == "LOW"
+    report_snapshot(instance, ResourceType.REDIS_CACHE, 95.0, CleanupPriority.CRITICAL)
+    assert cache.current() is first  # within the ttl
+    cache.ttl = 0
+    assert cache.current() is None  # aged: this request re-reads...
+    assert cache.current() is first  # ...while the others get the previous answer
+    assert cache.refresh(lambda: instance)["redis"]["cleanup_priority"] == "CRITICAL"
+
+    def broken() -> dg.DagsterInstance:
+        raise RuntimeError("instance unreachable")
+
+    assert cache.current() is None
+    with pytest.raises(RuntimeError):
+        cache.refresh(broken)
+    assert cache.current() is None
 
 
 # --- runs through the queue (daemon) ---------------------------------------------------------
