@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import bson
 from bson import ObjectId
 
 from rlm_core import LifecycleManager, Settings
@@ -234,7 +235,7 @@ class Seed:
             "metadata": {},
         }
         record.update(fields)
-        self._metadata.insert_raw("documents", [record])
+        self._metadata.insert_raw("documents", [from_the_wire(record)])
         if with_object and isinstance(key, str):
             self.object(key, b"x" * size, age=object_age if object_age is not None else age)
         return doc_id
@@ -285,6 +286,11 @@ class Seed:
 
 _ABSENT = object()
 ABSENT: Any = _ABSENT  # a payload field value meaning "leave the field out"
+
+
+def from_the_wire(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as a server hands it back: fresh objects, never the caller's own strings."""
+    return bson.decode(bson.encode(record))
 
 
 def _naive(when: datetime) -> datetime:

@@ -219,3 +219,13 @@ def test_a_dry_run_of_every_store_counts_a_documents_cache_key_once(tmp_path: Pa
     )
     assert len(rigs[0].audit()) == len(rigs[1].audit())
     assert rigs[1].keys() == {b"cache:young"}
+
+
+def test_a_large_batch_within_the_cap_is_not_reported_as_capped(rig: Rig) -> None:
+    # Counts above 256 are distinct int objects in CPython: compared by value, not identity.
+    for cap in (None, 1000):
+        for i in range(300):
+            rig.seed.cache_key(f"cache:{i:03d}".encode(), idle=2 * TTL)
+        report = rig.cleanup(CACHE, cap=cap)
+        assert report.deleted_counts["redis"] == 300
+        assert not report.capped

@@ -108,12 +108,44 @@ def test_the_audit_line_says_what_the_cascade_takes(rig: Rig) -> None:
 
 def test_a_record_with_a_string_id_and_no_object_is_audited_as_such(rig: Rig) -> None:
     doc = rig.seed.document(age=EXPIRED, doc_id="plain-id", oid=False, minio_key=None)
-    rig.cleanup(DOCUMENTS)
+    report = rig.cleanup(DOCUMENTS)
     [line] = rig.audit()
     assert (line["target"], line["id_type"], line["size_bytes"]) == (doc, "str", 0)
     assert line["cascade"] == ["qdrant", "redis", "mongodb"]
     assert (line["points"], line["cache_keys"]) == (0, [])
     assert rig.documents() == set()
+    assert report.skipped == {"minio": 0}  # no object is not a shared object
+
+
+def test_a_dry_run_of_a_record_with_no_object_skips_nothing(rig: Rig) -> None:
+    rig.seed.document(age=EXPIRED, minio_key=None)
+    report = rig.cleanup(DOCUMENTS, dry_run=True)
+    assert report.deleted_counts == {"redis": 0, "qdrant": 0, "minio": 0, "mongodb": 1}
+    assert report.skipped == {}
+
+
+def test_an_empty_object_frees_no_bytes(rig: Rig) -> None:
+    rig.seed.document(age=EXPIRED, size=0)
+    report = rig.cleanup(DOCUMENTS)
+    assert rig.objects() == set()
+    assert (report.deleted_counts["minio"], report.bytes_freed["minio"]) == (1, 0)
+
+
+def test_objects_kept_for_other_documents_are_each_counted_skipped(rig: Rig) -> None:
+    """One object shared from the start, one named by a new document just before its delete."""
+    rig.seed.document(age=EXPIRED, key="shared/from-start.pdf")
+    rig.seed.document(age=LIVE, key="shared/from-start.pdf", with_object=False)
+    rig.seed.document(age=EXPIRED, key="shared/late.pdf")
+    rig.seed.cache_key(b"cache:x", idle=0, ttl=60)
+    mine = [rig.seed.document(age=EXPIRED) for _ in range(2)]
+    rig.seed.cache_key(text_key(mine[0]), idle=0, ttl=60)
+    rig.after["unlink"] = [
+        lambda: rig.seed.document(age=timedelta(0), key="shared/late.pdf", with_object=False)
+    ]
+    report = rig.cleanup(DOCUMENTS)
+    assert rig.objects() == {"shared/from-start.pdf", "shared/late.pdf"}
+    assert report.deleted_counts["minio"] == 2
+    assert report.skipped == {"minio": 2}
 
 
 def test_live_in_flight_and_referenced_documents_stay(rig: Rig) -> None:
@@ -148,11 +180,12 @@ def test_malformed_records_are_skipped_and_counted(rig: Rig) -> None:
 
 
 def test_a_document_whose_file_is_in_another_bucket_is_kept_and_counted(rig: Rig) -> None:
-    other = rig.seed.document(age=EXPIRED, minio_bucket="someone-elses", with_object=False)
+    before = rig.seed.document(age=EXPIRED, minio_bucket="archive", with_object=False)
+    after = rig.seed.document(age=EXPIRED, minio_bucket="someone-elses", with_object=False)
     gone = rig.seed.document(age=EXPIRED)
     report = rig.cleanup(DOCUMENTS)
-    assert rig.documents() == {other}
-    assert report.skipped == {"minio": 1}
+    assert rig.documents() == {before, after}
+    assert report.skipped == {"minio": 2}
     assert rig.audited() == [gone]
 
 
@@ -451,6 +484,32 @@ def test_a_refused_document_keeps_the_object_a_granted_one_shares(rig: Rig) -> N
     assert report.capped
     assert rig.audit()[0]["target"] == first
     assert rig.audit()[0]["size_bytes"] == 0
+
+
+def test_a_refused_document_stops_the_batch_even_if_later_ones_fit(rig: Rig) -> None:
+    """The cap takes whole documents in order: none after the first that does not fit."""
+    expiring(rig)  # 5 items
+    rig.seed.document(age=EXPIRED, with_object=False)  # 1 item
+    report = rig.cleanup(DOCUMENTS, cap=3, dry_run=True)
+    assert report.total_deleted == 0
+    assert report.capped
+    assert rig.audit() == []
+
+
+def test_a_refunded_object_is_spent_by_the_next_batch(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, batch_size=2)
+    first = rig.seed.document(age=EXPIRED, key="shared/k.pdf")
+    second = rig.seed.document(age=EXPIRED, key="shared/k.pdf", with_object=False)
+    third = rig.seed.document(age=EXPIRED, with_object=False)
+    fourth = rig.seed.document(age=EXPIRED, with_object=False)
+    # cap 2: the first takes its object and record, the second (1) is refused and names the
+    # object, so the object stays and its item is given back: the third spends it.
+    report = rig.cleanup(DOCUMENTS, cap=2)
+    assert rig.documents() == {second, fourth}
+    assert rig.objects() == {"shared/k.pdf"}
+    assert report.deleted_counts == {"redis": 0, "qdrant": 0, "minio": 0, "mongodb": 2}
+    assert report.capped
+    assert rig.audited() == [first, third]
 
 
 def test_a_refunded_object_leaves_room_for_the_next_document(tmp_path: Path) -> None:

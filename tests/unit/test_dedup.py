@@ -13,11 +13,11 @@ import pytest
 from bson import ObjectId
 
 from rlm_core.adapters.mongo_metadata import CLAIM_FIELD
-from rlm_core.dedup import HashingReader, safe_filename
+from rlm_core.dedup import HashingReader, ingest, safe_filename
 from rlm_core.domain import IngestResult
 from rlm_core.events import DUPLICATE_DETECTED
 from rlm_core.ports import StoreError
-from tests.unit.rig import NOW, Rig, make_rig
+from tests.unit.rig import NOW, Rig, from_the_wire, make_rig
 
 DATA = b"the same bytes" * 100
 HASH = hashlib.sha256(DATA).hexdigest()
@@ -38,9 +38,10 @@ def record(rig: Rig, doc_id: str) -> dict[str, Any]:
 
 
 def older(rig: Rig, doc_id: str, **fields: Any) -> None:
-    """The record as it was a while ago (so a touch shows), with fields changed."""
+    """The record as it was a while ago (so a touch shows), with fields changed (each value
+    as the server would hand it back)."""
     raw = record(rig, doc_id)
-    raw.update(updated_at=NAIVE_NOW - timedelta(days=3), **fields)
+    raw.update(from_the_wire({"updated_at": NAIVE_NOW - timedelta(days=3), **fields}))
 
 
 # --- reading and naming ----------------------------------------------------------------------
@@ -119,6 +120,24 @@ def test_a_first_upload_stores_the_object_and_a_processing_record(rig: Rig) -> N
 def test_an_upload_without_a_content_type_is_stored_as_bytes(rig: Rig) -> None:
     result = upload(rig)
     assert record(rig, result.document_id)["content_type"] == "application/octet-stream"
+    [put] = [c for c in rig.calls if c.name == "objects.put"]
+    assert put.args[3] == "application/octet-stream"  # the object is typed alike
+
+
+def test_the_upload_fields_are_passed_by_name_only(rig: Rig) -> None:
+    stores = rig.stores
+    positional: list[Any] = ["user-1", "a.pdf", io.BytesIO()]
+    with pytest.raises(TypeError):
+        ingest(stores.objects(), stores.metadata(), rig.clock, *positional)  # type: ignore[call-arg]
+    result = ingest(
+        objects=stores.objects(),
+        metadata=stores.metadata(),
+        clock=rig.clock,
+        user_id="user-1",
+        filename="a.pdf",
+        stream=io.BytesIO(b"a"),
+    )
+    assert not result.duplicate
 
 
 def test_two_uploads_get_two_distinct_keys(rig: Rig) -> None:
@@ -160,6 +179,15 @@ def test_the_same_bytes_for_another_user_are_a_new_document(rig: Rig) -> None:
     assert not other.duplicate
     assert other.document_id != first.document_id
     assert len(rig.objects()) == 2
+
+
+@pytest.mark.parametrize("status", ["completed", "error", "ready"])
+def test_a_document_in_any_other_state_is_a_duplicate(rig: Rig, status: str) -> None:
+    first = upload(rig)
+    older(rig, first.document_id, status=status)
+    again = upload(rig)
+    assert again.duplicate
+    assert record(rig, first.document_id)["status"] == status
 
 
 def test_a_failed_document_is_reset_for_reprocessing_not_a_duplicate(rig: Rig) -> None:
