@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from rlm_dagster.cli_format import render
 from rlm_dagster.cli_ops import add_init_and_audit
+from rlm_dagster.cli_progress import cleanup_description, progress
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -111,7 +112,8 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
     job = build_definitions(settings).get_job_def(CLEANUP_JOB)
     mode = cleanup_mode(settings).mode
-    with dg.DagsterInstance.get() as instance:
+    target = args.resource_type.value if args.resource_type else None
+    with progress(cleanup_description(target, args.dry_run)), dg.DagsterInstance.get() as instance:
         result = job.execute_in_process(
             run_config=cleanup_run_config(args.resource_type, args.dry_run, args.max_deletions),
             instance=instance,

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import pty
 import subprocess
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -143,3 +146,56 @@ def test_json_stays_the_default_for_scripts(tmp_path: Path) -> None:
         [RLM, "settings"], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 0 and json.loads(done.stdout)["log_format"] == "json"
+
+
+def run_cleanup_with_stderr(env: dict[str, str], stderr: int) -> tuple[int, str]:
+    """`rlm cleanup --dry-run` of Redis with stderr on the given descriptor; exit code, stdout."""
+    done = subprocess.run(
+        [RLM, "cleanup", "--dry-run", "--resource-type", "redis_cache"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    return done.returncode, done.stdout
+
+
+def test_a_cleanup_shows_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    """On a terminal stderr a spinner names the cleanup while it runs; stdout keeps the JSON, and
+    a stderr that is a file gets the log lines only."""
+    env = clean_subprocess_env(RLM_DATA_DIR=str(tmp_path / "data"), TERM="xterm", COLUMNS="120")
+    controller, terminal = pty.openpty()
+    shown: list[str] = []
+    # Read while the command runs: a full terminal buffer would block its writes.
+    reader = threading.Thread(target=lambda: shown.append(read_all(controller)))
+    reader.start()
+    try:
+        code, out = run_cleanup_with_stderr(env, terminal)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=60)
+        os.close(controller)
+    assert code == 0 and json.loads(out)["success"] is True
+    assert "rlm cleanup of redis_cache (dry run)" in shown[0]
+    logged = tmp_path / "stderr.log"
+    with logged.open("w") as file:
+        code, out = run_cleanup_with_stderr(env, file.fileno())
+    assert code == 0 and json.loads(out)["dry_run"] is True
+    text = logged.read_text()
+    assert "RUN_SUCCESS" in text and "rlm cleanup of" not in text and "\x1b[" not in text
+
+
+def read_all(controller: int) -> str:
+    """Everything written to a pseudo-terminal whose other end is closed."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal side is closed and drained
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
