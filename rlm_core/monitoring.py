@@ -44,10 +44,14 @@ def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> 
 
     One scroll of the lifecycle fields over the whole collection, plus one page that weighs a
     payload sample (local mode sorts every point id for each scroll request, so requests, not
-    points, are what a pass costs there)."""
+    points, are what a pass costs there); a collection no bigger than the sample is weighed
+    whole in its one scroll."""
     count = vectors.count()
-    oldest = _oldest_created(vectors.iter_points(settings.batch_size))
-    payload, sampled = _payload_bytes(vectors, count)
+    if count <= PAYLOAD_SAMPLE_POINTS:
+        oldest, payload, sampled = *_weighed_whole(vectors), False
+    else:
+        oldest = _oldest_created(vectors.iter_points(settings.batch_size))
+        payload, sampled = _payload_bytes(vectors, count)
     size = count * settings.qdrant_vector_size * 4 + payload
     age = age_hours(now, oldest) if oldest else 0.0
     usage = _Usage(count, size, age, count / settings.max_qdrant_points, sampled)
@@ -70,6 +74,20 @@ def _oldest_created(pages: Iterator[list[PointInfo]]) -> datetime | None:
             if parsed is not None:
                 lowest, oldest = created, parsed.created_at
     return oldest
+
+
+def _weighed_whole(vectors: VectorStore) -> tuple[datetime | None, int]:
+    """The oldest created_at and every payload's bytes in one pass: a collection no bigger than
+    the payload sample is weighed whole by the scroll that finds its oldest point."""
+    weight = 0
+
+    def weighed() -> Iterator[list[PointInfo]]:
+        nonlocal weight
+        for batch in vectors.iter_points(PAYLOAD_SAMPLE_POINTS, with_payload_size=True):
+            weight += sum(p.payload_bytes or 0 for p in batch)
+            yield batch
+
+    return _oldest_created(weighed()), weight
 
 
 def _payload_bytes(vectors: VectorStore, count: int) -> tuple[int, bool]:
