@@ -69,6 +69,7 @@ MATERIALIZATION_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 180
 OBSERVED_RUN_TIMEOUT_S = 300
 PRESSURE_SENSOR = "usage_pressure_sensor"
+FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 STOP_TIMEOUT_S = 60
 ORPHAN_GRACE_S = 10
 # Connections and knobs of the caller's shell that would turn the embedded demo into something else.
@@ -104,14 +105,11 @@ mutation Launch($params: ExecutionParams!) {
   }
 }
 """
-OBSERVED_RUNS = """
-query Observed {
-  runsOrError(filter: {
-    pipelineName: "cleanup_job", statuses: [SUCCESS],
-    tags: [{key: "rlm/mode", value: "observe"}, {key: "rlm/trigger", value: "sensor"}]
-  }) {
+SENSOR_RUNS = """
+query SensorRuns {
+  runsOrError(filter: {pipelineName: "cleanup_job", tags: [{key: "rlm/trigger", value: "sensor"}]}) {
     __typename
-    ... on Runs { results { runId } }
+    ... on Runs { results { runId status tags { key value } } }
   }
 }
 """
@@ -229,11 +227,14 @@ class RlmUI:
         assert node["__typename"] == "Run", node
         return node
 
-    def observed_runs(self) -> list[str]:
-        """Successful cleanup runs the sensor launched in observe mode, newest first."""
-        node = self.graphql(OBSERVED_RUNS)["runsOrError"]
+    def sensor_runs(self) -> dict[str, tuple[str, dict[str, str]]]:
+        """The cleanup runs the sensor launched: status and tags by run id."""
+        node = self.graphql(SENSOR_RUNS)["runsOrError"]
         assert node["__typename"] == "Runs", node
-        return [run["runId"] for run in node["results"]]
+        return {
+            run["runId"]: (run["status"], {tag["key"]: tag["value"] for tag in run["tags"]})
+            for run in node["results"]
+        }
 
     def stop_sensor(self, name: str) -> None:
         """Stop a sensor, so that it launches no more runs while the other tests use the UI."""
@@ -379,16 +380,22 @@ def _screenshot(page: Page, name: str) -> Path:
 
 
 def test_an_observed_sensor_run_shows_what_it_would_have_deleted(rlm_ui: RlmUI, page: Page) -> None:
-    """The sensor's cleanup of the CRITICAL MongoDB, tagged rlm/mode=observe, deleted nothing; its
-    run page shows the mode and, per store, the counts of its dry-run report."""
+    """A cleanup the sensor launched for the demo's pressured stores (MongoDB CRITICAL, Qdrant HIGH),
+    tagged rlm/mode=observe, deleted nothing; its run page shows the mode and, per store, the
+    counts of its dry-run report."""
+    _wait("a cleanup launched by the sensor", rlm_ui, OBSERVED_RUN_TIMEOUT_S, rlm_ui.sensor_runs)
+    # Observe mode deletes nothing, so the pressure stays and every snapshot would bring new
+    # runs: one tick's worth is enough, and the tests after this one get an idle queue.
+    rlm_ui.stop_sensor(PRESSURE_SENSOR)
     _wait(
-        "a successful observe-mode cleanup launched by the sensor",
+        "the sensor's cleanups to end",
         rlm_ui,
         OBSERVED_RUN_TIMEOUT_S,
-        lambda: bool(rlm_ui.observed_runs()),
+        lambda: all(status in FINISHED for status, _ in rlm_ui.sensor_runs().values()),
     )
-    rlm_ui.stop_sensor(PRESSURE_SENSOR)  # one observed run is enough; the rest only load the CPU
-    run_id = rlm_ui.observed_runs()[-1]
+    runs = rlm_ui.sensor_runs()
+    assert all(tags["rlm/mode"] == "observe" for _, tags in runs.values()), runs
+    run_id = next(r for r, (status, _) in runs.items() if status == "SUCCESS")
     with dg.DagsterInstance.from_config(str(rlm_ui.dagster_home())) as instance:
         report = run_report(instance, run_id)
     assert report is not None and report["dry_run"] is True, report
