@@ -681,6 +681,20 @@ def _begins(instance: dg.DagsterInstance, run_id: str) -> float:
 
 
 @pytest.mark.integration
+def test_the_api_listens_on_loopback_only_by_default(stack: Stack) -> None:
+    """`rlm api --port P` (no --host): the listening socket is 127.0.0.1:P, per the kernel."""
+    port = int(stack.api.rsplit(":", 1)[1])
+    listening = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.rpartition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                listening.add(address)
+    assert listening == {"0100007F"}  # 127.0.0.1, little-endian hex; no 0.0.0.0 or IPv6
+
+
+@pytest.mark.integration
 def test_tokens_never_reach_the_logs(stack: Stack) -> None:
     for log in stack.logs.glob("*.log"):
         text = log.read_text(errors="replace")
