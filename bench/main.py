@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import sys
 import tempfile
@@ -29,21 +30,25 @@ HERE = Path(__file__).resolve().parent
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
-        "redis": [10_000, 100_000],
-        "s3": [10_000, 100_000],
-        # Counts are exact: the 100k S3 size runs once (its seconds are one run).
-        "s3_single_run_from": 100_000,
+        # About 2 minutes of CPU on an idle machine (the summary line gives wall and CPU).
+        "redis": [5_000, 50_000],
+        "s3": [2_000, 20_000],
+        # Counts are exact: the 20k S3 size runs once (its seconds are one run).
+        "s3_single_run_from": 20_000,
+        # rlm's own S3 memory at 10k and 100k objects over an in-memory listing: 1x must fill
+        # the 10,000-object reference window, and a 100k S3 sweep alone would take minutes.
+        "s3_memory": [10_000, 100_000],
         # 1x spans two sweep batches: with one batch only, rlm's memory would look flat-er
         # at 1x than it is (the sweep holds a batch while the next one is read).
         "qdrant": [2_000, 20_000],
         "qdrant_filter": (2_000,),
-        "snapshot": [(10_000, 2_000, 1_000), (100_000, 20_000, 10_000)],
+        "snapshot": [(5_000, 2_000, 1_000), (50_000, 20_000, 10_000)],
         "dedup_mb": 64,
         "erase": [1, 10],
         "erase_runs": 1,
         "fanout": [50_000],
         "fanout_runs": 1,
-        "runs": 3,
+        "runs": 2,
         "naive_cap": 0.5,
         "per_object_cap": 0.5,
         "snapshot_runs": 3,
@@ -52,6 +57,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "redis": [100_000, 1_000_000],
         "s3": [10_000, 100_000],
         "s3_single_run_from": None,
+        "s3_memory": None,
         "qdrant": [10_000, 100_000],
         "qdrant_filter": (10_000,),
         "snapshot": [(100_000, 10_000, 10_000), (1_000_000, 100_000, 100_000)],
@@ -102,13 +108,15 @@ def _main() -> int:
     only = set(args.only.split(","))
     runs = int(p["runs"])
     rows: list[Row] = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     load = _load()
     if "redis" in only:
         got, memory = redis_bench.run(p["redis"], runs, p["naive_cap"])
         rows += [*got, *memory.rows("redis_sweep", "raw pipelined sweep (a)")]
     if "s3" in only:
-        got, memory = s3_bench.run(p["s3"], runs, p["per_object_cap"], p["s3_single_run_from"])
+        got, memory = s3_bench.run(
+            p["s3"], runs, p["per_object_cap"], p["s3_single_run_from"], p["s3_memory"]
+        )
         rows += [*got, *memory.rows("s3_sweep", "raw list + batch delete")]
     if "qdrant" in only:
         got, memory = qdrant_bench.run(p["qdrant"], runs, VECTOR_SIZE, p["qdrant_filter"])
@@ -125,13 +133,16 @@ def _main() -> int:
         rows += fanout_bench.run(p["fanout"], int(p["fanout_runs"]))
     if "api" in only:
         rows += api_bench.run(name)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _cpu() - cpu
     load = f"{load} -> {_load()}"
     command = "bench/run" + (" --quick" if args.quick else "")
     table = markdown(rows)
     missed = [r for r in rows if r.met is False]
     print(table)
-    print(f"\n{len(rows)} rows in {elapsed:.0f}s ({name} profile); load average {load}")
+    print(
+        f"\n{len(rows)} rows in {elapsed:.0f}s, {cpu:.0f} CPU s ({name} profile); "
+        f"load average {load}"
+    )
     if missed:
         print(
             f"{len(missed)} goal row(s) missed: "
@@ -142,8 +153,18 @@ def _main() -> int:
     default = HERE / ("results/quick.md" if args.quick else "RESULTS.md")
     results = Path(args.results) if args.results else default
     results.parent.mkdir(parents=True, exist_ok=True)
-    _write_results(results, command, name, elapsed, table, load)
+    _write_results(results, command, name, f"{elapsed:.0f} s, {cpu:.0f} CPU s", table, load)
     return 1 if missed else 0
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (workers, servers): what the
+    run costs whatever else the shared machine is doing."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _load() -> str:
@@ -188,12 +209,12 @@ def _machine() -> str:
 
 
 def _write_results(
-    path: Path, command: str, profile: str, elapsed: float, table: str, load: str
+    path: Path, command: str, profile: str, elapsed: str, table: str, load: str
 ) -> None:
     notes = (HERE / "NOTES.md").read_text() if (HERE / "NOTES.md").exists() else ""
     text = (
         "# rlm benchmarks: latest results\n\n"
-        f"Command: `{command}` ({profile} profile, {elapsed:.0f} s), "
+        f"Command: `{command}` ({profile} profile, {elapsed}), "
         f"run {time.strftime('%Y-%m-%d %H:%M')}\n\n"
         f"Machine: {_machine()}; 1-minute load average at start -> end: {load}\n\n"
         "Each figure is the median of the runs; ratio > 1 means rlm is better (time: "

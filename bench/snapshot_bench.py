@@ -1,9 +1,11 @@
 """Snapshot (LifecycleManager.metrics) of each store against a raw-client scan of the same store
 in the same process: Redis SCAN + pipelined MEMORY USAGE, TTL and OBJECT IDLETIME; the S3
-listing; Qdrant count + one scroll of created_at; one aggregate query on the metadata store."""
+listing; Qdrant count + one scroll of created_at, its first page weighed; one aggregate query on
+the metadata store."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import tempfile
 import time
@@ -24,46 +26,54 @@ from bench.common import (
     run_worker,
     vm_kb,
 )
+from rlm_core.monitoring import PAYLOAD_SAMPLE_POINTS
 
 REPEAT_MAX = 5
 REPEAT_WHILE_UNDER = 0.5  # seconds
 STORES = ("REDIS_CACHE", "QDRANT_VECTORS", "MINIO_FILES", "MONGODB_METADATA")
 RAW = {
     "REDIS_CACHE": "SCAN + pipelined MEMORY USAGE/TTL/OBJECT IDLETIME",
-    "QDRANT_VECTORS": "count + one scroll of created_at",
+    "QDRANT_VECTORS": "count + one scroll of created_at, its first page weighed",
     "MINIO_FILES": "the listing",
     "MONGODB_METADATA": "one aggregate query",
 }
 
 
 def snapshot(params: dict[str, Any]) -> dict[str, Any]:
-    """metrics() of each store and the raw scan of each, in the order params["order"] says.
-
-    With params["trace"], only rlm's metrics() runs, with its own allocations traced."""
+    """metrics() of each store and the raw scan of each, `runs` times over one loaded Qdrant
+    collection (loading it is most of a worker's cost), rlm first in odd runs and raw first in
+    even ones; then, with params["trace"], one more metrics() with rlm's own allocations
+    traced (last: tracing slows a run 3-8x and wraps the audit log for good)."""
     from rlm_core.domain import ResourceType
 
     qdrant, _, _, _ = qdrant_bench._setup(params["points"], params["vector_size"])
     manager, own = _manager(params, qdrant)
+    raw = _raw_scans(params, qdrant)
+    runs = []
+    for r in range(params["runs"]):
+        out: dict[str, Any] = {}
+        for part in ["rlm", "raw"] if r % 2 == 0 else ["raw", "rlm"]:
+            seconds: dict[str, float] = {}
+            base = loaded_rss()
+            for store in STORES:
+                if part == "rlm":
+                    rt = ResourceType[store]
+                    seconds[store], items = _best(
+                        lambda rt=rt: manager.metrics([rt])[rt].total_items
+                    )
+                else:
+                    seconds[store], items = _best(raw[store])
+                out[f"{part}_items_{store}"] = items
+            out[part] = seconds
+            out[f"{part}_growth_mb"] = max(0.0, vm_kb("VmHWM") / 1024.0 - base)
+        runs.append(out)
+    traced: dict[str, Any] = {}
     if params.get("trace"):
         loaded_rss()
         own.start()
         manager.metrics([ResourceType[s] for s in STORES])
-        return own.stop()
-    raw = _raw_scans(params, qdrant)
-    out: dict[str, Any] = {}
-    for part in params["order"]:
-        seconds: dict[str, float] = {}
-        base = loaded_rss()
-        for store in STORES:
-            if part == "rlm":
-                rt = ResourceType[store]
-                seconds[store], items = _best(lambda rt=rt: manager.metrics([rt])[rt].total_items)
-            else:
-                seconds[store], items = _best(raw[store])
-            out[f"{part}_items_{store}"] = items
-        out[part] = seconds
-        out[f"{part}_growth_mb"] = max(0.0, vm_kb("VmHWM") / 1024.0 - base)
-    return out
+        traced = own.stop()
+    return {"runs": runs, **traced}
 
 
 def _best(scan: Callable[[], int]) -> tuple[float, int]:
@@ -163,22 +173,30 @@ def _raw_redis(client: Any, patterns: tuple[str, ...]) -> int:
 
 
 def _raw_qdrant(client: Any) -> int:
+    """count + one scroll: its first page (the payload sample rlm weighs, 2,000 points) with
+    whole payloads, weighed as rlm weighs them; the rest with created_at only."""
     total = client.count(qdrant_bench.COLLECTION, exact=True).count
     oldest: float | None = None
+    weight = seen = 0
     offset = None
+    first = True
     while True:
         records, offset = client.scroll(
             qdrant_bench.COLLECTION,
-            limit=qdrant_bench.SCROLL_PAGE,
+            limit=PAYLOAD_SAMPLE_POINTS if first else qdrant_bench.SCROLL_PAGE,
             offset=offset,
-            with_payload=["created_at"],
+            with_payload=True if first else ["created_at"],
             with_vectors=False,
         )
+        if first:
+            seen, weight = len(records), sum(len(json.dumps(r.payload).encode()) for r in records)
+            first = False
         for record in records:
             created = (record.payload or {}).get("created_at")
             if isinstance(created, float) and (oldest is None or created < oldest):
                 oldest = created
         if offset is None:
+            _payload = weight if seen >= total else weight * total // max(seen, 1)
             return int(total)
 
 
@@ -225,21 +243,20 @@ def run(sizes: list[tuple[int, int, int]], runs: int, vector_size: int) -> tuple
                     "points": points,
                     "vector_size": vector_size,
                 }
-                results = []
-                for r in range(runs):
-                    order = ["rlm", "raw"] if r % 2 == 0 else ["raw", "rlm"]
-                    res = run_worker("bench.snapshot_bench:snapshot", {**params, "order": order})
-                    results.append(res)
-                    log(
-                        f"snapshot {keys}/{points}/{objects} run {r + 1}: rlm {res['rlm']} raw {res['raw']}"
-                    )
-                traced = run_worker(
-                    "bench.snapshot_bench:snapshot", {**params, "trace": True}, timeout=2400
+                got = run_worker(
+                    "bench.snapshot_bench:snapshot",
+                    {**params, "runs": runs, "trace": True},
+                    timeout=2400,
                 )
-                memory.own_kb[keys] = traced["own_peak_kb"]
+                results = got["runs"]
+                for r, res in enumerate(results):
+                    log(f"snapshot {keys}/{points}/{objects} run {r + 1}: "
+                        f"rlm {res['rlm']} raw {res['raw']}")  # fmt: skip
+                memory.own_kb[keys] = got["own_peak_kb"]
                 memory.growth[keys] = median([r["rlm_growth_mb"] for r in results])
                 memory.raw_growth[keys] = median([r["raw_growth_mb"] for r in results])
-                log(f"snapshot {keys} traced: own peak {traced['own_peak_kb']:.0f} KiB")
+                log(f"snapshot {keys} traced: own peak {got['own_peak_kb']:.0f} KiB "
+                    f"({got['own_top']})")  # fmt: skip
                 rows += _rows((keys, points, objects), results)
                 dataset.unlink()
     finally:
