@@ -59,6 +59,8 @@ class ModuleConfig:
     select: str
     sample: int | None
     note: str
+    then: list[str] = dataclasses.field(default_factory=list)
+    then_args: list[str] = dataclasses.field(default_factory=list)
 
 
 Span = tuple[int, int, str]
@@ -105,6 +107,8 @@ def load_config() -> tuple[list[str], int, list[ModuleConfig]]:
             select=m.get("select", "all"),
             sample=m.get("sample"),
             note=m.get("note", ""),
+            then=list(m.get("then", [])),
+            then_args=list(m.get("then_args", [])),
         )
         for m in raw["module"]
     ]
@@ -300,23 +304,48 @@ class Baseline:
         return sorted(hits, key=lambda t: self.tests[t]["seconds"])
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One suite that judges a module's mutants: its paths, full pytest arguments, baseline."""
+
+    suite: list[str]
+    pytest_args: list[str]
+    baseline: Baseline
+
+
 _baselines: dict[tuple[str, ...], tuple[dict[str, Any], float]] = {}
 
 
 def run_baseline(
-    tree: Path, cfg: ModuleConfig, pytest_args: list[str], modules: list[ModuleConfig]
+    tree: Path, path: str, suite: list[str], pytest_args: list[str], sharing: list[str]
 ) -> Baseline:
     """Run the suite once on the unmutated copy, recording what each test does.
 
-    Modules judged by the same suite share one run, traced in all of them at once.
+    Modules judged by the same suite (`sharing`) share one run, traced in all of them at once.
     """
-    key = (*cfg.suite, "--", *pytest_args)
+    key = (*suite, "--", *pytest_args)
     if key not in _baselines:
-        sharing = [m.path for m in modules if (m.suite, m.args) == (cfg.suite, cfg.args)]
-        _baselines[key] = _probe(tree, cfg.suite, pytest_args, sharing)
+        _baselines[key] = _probe(tree, suite, pytest_args, sharing)
     raw, wall = _baselines[key]
-    tests = {t: {**e, "lines": e["lines"].get(cfg.path, [])} for t, e in raw.items()}
+    tests = {t: {**e, "lines": e["lines"].get(path, [])} for t, e in raw.items()}
     return Baseline(tests, wall)
+
+
+def stages(
+    tree: Path, cfg: ModuleConfig, pytest_args: list[str], modules: list[ModuleConfig]
+) -> list[Stage]:
+    """The module's suite, then (if configured) the suite that judges what it leaves alive."""
+    first_args = [*pytest_args, *cfg.args]
+    sharing = [m.path for m in modules if (m.suite, m.args) == (cfg.suite, cfg.args)]
+    found = [
+        Stage(cfg.suite, first_args, run_baseline(tree, cfg.path, cfg.suite, first_args, sharing))
+    ]
+    if cfg.then:
+        then_args = [*pytest_args, *cfg.then_args]
+        sharing = [m.path for m in modules if (m.then, m.then_args) == (cfg.then, cfg.then_args)]
+        baseline = run_baseline(tree, cfg.path, cfg.then, then_args, sharing)
+        found.append(Stage(cfg.then, then_args, baseline))
+    return found
 
 
 def _probe(
@@ -414,14 +443,37 @@ def stop_all() -> None:
 
 
 def judge(
-    tree: Path,
-    mutant: Mutant,
-    mutated: str,
-    cfg: ModuleConfig,
-    baseline: Baseline,
-    pytest_args: list[str],
+    tree: Path, mutant: Mutant, mutated: str, cfg: ModuleConfig, judges: list[Stage]
 ) -> dict[str, Any]:
-    """Apply one mutant to a copy, run its tests, restore the copy (also on Ctrl-C)."""
+    """Apply one mutant to a copy, run its tests stage by stage until one fails, restore the
+    copy (also on Ctrl-C)."""
+    path = tree / cfg.path
+    original = path.read_bytes()
+    outcome, seconds, tests, stage = "passed", 0.0, 0, 0
+    try:
+        path.write_text(mutated, encoding="utf-8")
+        for stage, judge_stage in enumerate(judges, 1):
+            log = WORK / "logs" / cfg.path.replace("/", "_") / f"{mutant.id}.{stage}.log"
+            outcome, took, chosen = _run_stage(tree, mutant, cfg, judge_stage, log)
+            seconds, tests = seconds + took, tests + chosen
+            if outcome != "passed":
+                break
+    finally:
+        path.write_bytes(original)
+    return {
+        **asdict(mutant),
+        "status": "survived" if outcome == "passed" else "killed",
+        "how": outcome,
+        "stage": stage,
+        "tests": tests,
+        "seconds": round(seconds, 1),
+    }
+
+
+def _run_stage(
+    tree: Path, mutant: Mutant, cfg: ModuleConfig, stage: Stage, log: Path
+) -> tuple[str, float, int]:
+    baseline = stage.baseline
     everything = baseline.passing()
     chosen = everything
     if cfg.select == "functions" and mutant.scope is not None:
@@ -430,32 +482,21 @@ def judge(
     overhead = max(0.0, baseline.wall - sum(baseline.tests[t]["seconds"] for t in everything))
     timeout = 60 + 3 * budget + 2 * overhead
     only = chosen if chosen is not everything else None
-    path = tree / cfg.path
-    original = path.read_bytes()
-    try:
-        path.write_text(mutated, encoding="utf-8")
-        tests = [*cfg.suite, *deselect(baseline)]
-        log = WORK / "logs" / cfg.path.replace("/", "_") / f"{mutant.id}.log"
-        outcome, seconds = run_pytest(tree, tests, pytest_args, timeout, only, log)
-    finally:
-        path.write_bytes(original)
-    return {
-        **asdict(mutant),
-        "status": "survived" if outcome == "passed" else "killed",
-        "how": outcome,
-        "tests": len(chosen),
-        "seconds": round(seconds, 1),
-    }
+    tests = [*stage.suite, *deselect(baseline)]
+    outcome, seconds = run_pytest(tree, tests, stage.pytest_args, timeout, only, log)
+    return outcome, seconds, len(chosen)
 
 
-def check_runner(tree: Path, cfg: ModuleConfig, baseline: Baseline, pytest_args: list[str]) -> None:
+def check_runner(tree: Path, cfg: ModuleConfig, stage: Stage) -> None:
     """The way mutants are run passes on the unmutated copy (else every mutant looks killed)."""
+    baseline = stage.baseline
     passing = baseline.passing()
     if not passing:
         raise SystemExit("no test passes on the unmutated code")
     fastest = min(passing, key=lambda t: baseline.tests[t]["seconds"])
     log = WORK / "logs" / cfg.path.replace("/", "_") / "unmutated.log"
-    outcome, _ = run_pytest(tree, cfg.suite, pytest_args, 120 + baseline.wall, [fastest], log)
+    timeout = 120 + baseline.wall
+    outcome, _ = run_pytest(tree, stage.suite, stage.pytest_args, timeout, [fastest], log)
     if outcome != "passed":
         raise SystemExit(f"{fastest} does not pass when run as mutants are ({outcome}): {log}")
 
@@ -481,16 +522,17 @@ def run_module(
     if cfg.sample is not None and cfg.sample < population:
         runnable = sorted(runnable, key=lambda mc: mc[0].order())[: cfg.sample]
         runnable.sort(key=lambda mc: (mc[0].line, mc[0].id))
-    pytest_args = [*pytest_args, *cfg.args]
     shutil.rmtree(WORK / "logs" / cfg.path.replace("/", "_"), ignore_errors=True)
-    baseline = run_baseline(trees[0], cfg, pytest_args, modules)
-    print(
-        f"{cfg.path}: {len(mutants)} mutants, {len(static)} in annotations, running "
-        f"{len(runnable)} on {len(trees)} copies; baseline {baseline.wall:.0f}s, "
-        f"{len(baseline.passing())} passing, {len(baseline.failing())} failing (left out)",
-        flush=True,
-    )
-    check_runner(trees[0], cfg, baseline, pytest_args)
+    judges = stages(trees[0], cfg, pytest_args, modules)
+    for n, stage in enumerate(judges, 1):
+        print(
+            f"{cfg.path}: {len(mutants)} mutants, {len(static)} in annotations, running "
+            f"{len(runnable)} on {len(trees)} copies; stage {n} baseline "
+            f"{stage.baseline.wall:.0f}s, {len(stage.baseline.passing())} passing, "
+            f"{len(stage.baseline.failing())} failing (left out)",
+            flush=True,
+        )
+        check_runner(trees[0], cfg, stage)
     free: queue.Queue[Path] = queue.Queue()
     for tree in trees:
         free.put(tree)
@@ -500,7 +542,7 @@ def run_module(
         try:
             if _stopping.is_set():
                 raise KeyboardInterrupt
-            return judge(tree, mutant, code, cfg, baseline, pytest_args)
+            return judge(tree, mutant, code, cfg, judges)
         finally:
             free.put(tree)
 
@@ -519,8 +561,8 @@ def run_module(
                 results.append(result)
                 print(
                     f"  [{i}/{len(runnable)}] {result['status']:<10} {result['id']} line "
-                    f"{result['line']} ({result['how']}, {result['tests']} tests, "
-                    f"{result['seconds']}s)",
+                    f"{result['line']} ({result['how']} at stage {result['stage']}, "
+                    f"{result['tests']} tests, {result['seconds']}s)",
                     flush=True,
                 )
         except BaseException:
@@ -537,7 +579,7 @@ def run_module(
     seen = {m.key(cfg.path) for m, _ in mutants}
     stale = [" | ".join(k[1:]) for k in equivalents if k[0] == cfg.path and k not in seen]
     wall = time.monotonic() - started
-    return summarize(cfg, source, results, population, baseline, wall, stale)
+    return summarize(cfg, source, results, population, judges, wall, stale)
 
 
 def _fields(result: dict[str, Any]) -> dict[str, Any]:
@@ -550,11 +592,13 @@ def summarize(
     source: str,
     results: list[dict[str, Any]],
     population: int,
-    baseline: Baseline,
+    judges: list[Stage],
     wall: float,
     stale: list[str],
 ) -> dict[str, Any]:
     """One row of RESULTS.json."""
+    baseline = judges[0].baseline
+    then = judges[1:]
     count = {
         s: sum(r["status"] == s for r in results) for s in ("killed", "survived", "equivalent")
     }
@@ -576,8 +620,12 @@ def summarize(
         "runnable_population": population,
         "suite": " ".join(cfg.suite),
         "selection": cfg.select,
-        "left_out_failing_on_unmutated_code": baseline.failing(),
+        "then": " ".join(then[0].suite) if then else "",
+        "then_args": " ".join(cfg.then_args),
+        "killed_by_then": sum(r["status"] == "killed" and r.get("stage", 1) > 1 for r in results),
+        "left_out_failing_on_unmutated_code": [t for j in judges for t in j.baseline.failing()],
         "baseline_seconds": round(baseline.wall, 1),
+        "then_baseline_seconds": round(then[0].baseline.wall, 1) if then else None,
         "wall_seconds": round(wall, 1),
         "timeouts": sum(r["how"] == "timeout" for r in results),
         "killed_by": {
@@ -654,6 +702,13 @@ def render_markdown(doc: dict[str, Any]) -> str:
             "",
             f"Suite: `{r['suite']}`.",
         ]
+        if r.get("then"):
+            out += [
+                "",
+                f"Mutants it leaves alive are then judged by `{r['then']}` "
+                f"(`{r['then_args']}`; baseline {r['then_baseline_seconds']}s), which killed "
+                f"{r['killed_by_then']} more.",
+            ]
         if r["sampled"]:
             out += [
                 "",
