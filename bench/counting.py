@@ -196,4 +196,9 @@ class OwnMemory:
         self.sample()
         tracemalloc.stop()
         top = ", ".join(f"{site} {size / 1024:.0f} KiB" for site, size in self.top)
-        return {"own_peak_kb": self.peak / 1024.0, "own_samples": self.samples, "own_top": top}
+        return {
+            "own_peak_kb": self.peak / 1024.0,
+            "own_samples": self.samples,
+            "own_sample_seconds": self.seconds,
+            "own_top": top,
+        }

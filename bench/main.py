@@ -44,6 +44,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "qdrant_filter": (2_000,),
         "snapshot": [(5_000, 2_000, 1_000), (50_000, 20_000, 10_000)],
         "dedup_mb": 64,
+        "dedup_runs": 5,  # 64 MB is a fraction of a second: more runs for a steadier median
         "erase": [1, 10],
         "erase_runs": 1,
         "fanout": [50_000],
@@ -62,6 +63,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "qdrant_filter": (10_000,),
         "snapshot": [(100_000, 10_000, 10_000), (1_000_000, 100_000, 100_000)],
         "dedup_mb": 512,
+        "dedup_runs": 3,
         "erase": [10, 100],
         "erase_runs": 3,
         "fanout": [1_000_000],
@@ -126,7 +128,7 @@ def _main() -> int:
         got, memory = snapshot_bench.run(p["snapshot"], int(p["snapshot_runs"]), VECTOR_SIZE)
         rows += [*got, *memory.rows("snapshot", "the raw scans")]
     if "dedup" in only:
-        rows += dedup_bench.run(int(p["dedup_mb"]), runs)
+        rows += dedup_bench.run(int(p["dedup_mb"]), int(p["dedup_runs"]))
     if "erase" in only:
         rows += erase_bench.run(p["erase"], int(p["erase_runs"]))
     if "fanout" in only:

@@ -119,7 +119,11 @@ def rlm_vectors(loaded: Loaded, params: dict[str, Any]) -> dict[str, Any]:
     client, meta, now = loaded
     own = OwnMemory()
     proxy = CountingProxy(client)
-    metadata = CountingProxy(meta, own.sample)
+    # Sampled at each page and store call of the adapter and at each audit write, not after
+    # metadata calls: a sample reads every live trace, local mode's engine holds ~100k of them,
+    # and the sweep's peak (a batch, its evidence, doomed points and audit entries) is live at
+    # the audit write anyway.
+    metadata = CountingProxy(meta)
     vectors = CountingProxy(
         QdrantVectorStore(
             proxy,  # type: ignore[arg-type]

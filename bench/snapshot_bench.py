@@ -28,7 +28,7 @@ from bench.common import (
 )
 from rlm_core.monitoring import PAYLOAD_SAMPLE_POINTS
 
-REPEAT_MAX = 5
+REPEAT_MAX = 15
 REPEAT_WHILE_UNDER = 0.5  # seconds
 STORES = ("REDIS_CACHE", "QDRANT_VECTORS", "MINIO_FILES", "MONGODB_METADATA")
 RAW = {
