@@ -7,7 +7,7 @@ records, never in client objects, so the service is the same over real servers a
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol
@@ -54,7 +54,7 @@ class CacheKey:
 
 @dataclass(frozen=True)
 class CacheSeed:
-    """A key to write (demo data and tests); idle_seconds backdates its idle time."""
+    """A key to write (rlm_core.seeding); idle_seconds backdates its idle time."""
 
     key: bytes
     value: bytes
@@ -92,10 +92,6 @@ class CacheStore(Protocol):
 
     def existing(self, keys: Sequence[bytes]) -> list[bytes]:
         """The subset of keys that exist."""
-        ...
-
-    def seed(self, items: Sequence[CacheSeed]) -> None:
-        """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
         ...
 
     def close(self) -> None:
@@ -138,7 +134,7 @@ class PointPin:
 
 @dataclass(frozen=True)
 class VectorPoint:
-    """A point to write (seeding and tests)."""
+    """A point to write (rlm_core.seeding)."""
 
     point_id: str
     vector: Sequence[float]
@@ -187,10 +183,6 @@ class VectorStore(Protocol):
 
     def point_bytes(self) -> int:
         """Bytes one point's vector takes, from the collection's own configuration."""
-        ...
-
-    def upsert(self, points: Sequence[VectorPoint]) -> None:
-        """Write points."""
         ...
 
     def close(self) -> None:
@@ -468,10 +460,6 @@ class MetadataStore(Protocol):
 
     def stats(self) -> MetadataStats:
         """Document count, storage size and oldest created_at."""
-        ...
-
-    def insert_raw(self, collection: str, docs: Iterable[dict[str, Any]]) -> None:
-        """Write raw records shaped as SPEC section 3 (`documents`, `chat_sessions`, `messages`)."""
         ...
 
     def close(self) -> None:
