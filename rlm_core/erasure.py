@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from rlm_core.audit import AuditEntry, AuditLog, open_audit
+from rlm_core.batching import chunked
 from rlm_core.cleanup.context import Leases, StoreSet
 from rlm_core.clock import Clock
 from rlm_core.domain import MINIO, MONGODB, QDRANT, REDIS, ErasureReceipt, StoreErasure
@@ -357,7 +358,7 @@ def _plan_objects(run: _Erase, plan: _Plan) -> None:
 
 def _sizes(objects: ObjectStore, keys: list[str]) -> dict[str, int]:
     """The stored size of each existing key, HEAD_CHUNK keys per task, HEAD_THREADS at once."""
-    chunks = [keys[i : i + HEAD_CHUNK] for i in range(0, len(keys), HEAD_CHUNK)]
+    chunks = list(chunked(keys, HEAD_CHUNK))
     # The first chunk alone: the client looks the bucket's region up once, not once per thread.
     sizes = objects.sizes(chunks[0]) if chunks else {}
     with ThreadPoolExecutor(max_workers=HEAD_THREADS) as pool:

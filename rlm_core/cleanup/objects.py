@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rlm_core.audit import AuditEntry
-from rlm_core.cleanup.context import Sweep, chunked
+from rlm_core.batching import chunked
+from rlm_core.cleanup.context import Sweep
 from rlm_core.domain import MINIO
 from rlm_core.policy import object_is_old, object_key_problem
 from rlm_core.ports import ObjectInfo

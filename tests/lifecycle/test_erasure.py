@@ -24,7 +24,8 @@ from bson import ObjectId
 from qdrant_client import QdrantClient
 
 from rlm_core import ErasureReceipt, LifecycleManager, Settings
-from rlm_core.adapters.mongo_metadata import MongoMetadataStore, id_text
+from rlm_core.adapters.mongo_metadata import MongoMetadataStore
+from rlm_core.adapters.records import id_text
 from rlm_core.adapters.s3_objects import S3ObjectStore
 from rlm_core.adapters.sqlite_metadata import SqliteMetadataStore, decode
 from rlm_core.audit import read_audit
