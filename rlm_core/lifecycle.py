@@ -276,9 +276,12 @@ def _check_cleanup_args(resource_type: object, dry_run: object, max_deletions: o
         )
     if not isinstance(dry_run, bool):
         raise ValueError(f"dry_run: {dry_run!r} is not valid; allowed: True or False")
-    if max_deletions is not None and (
-        isinstance(max_deletions, bool) or not isinstance(max_deletions, int) or max_deletions < 1
-    ):
+    check_max_deletions(max_deletions)
+
+
+def check_max_deletions(value: object) -> None:
+    """The one check of a deletion cap (API, CLI, Dagster config): ValueError naming the value."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(
-            f"max_deletions: {max_deletions!r} is not valid; allowed: a whole number >= 1 or None"
+            f"max_deletions: {value!r} is not valid; allowed: a whole number >= 1 or None"
         )

@@ -19,6 +19,8 @@ from rlm_core.settings import Settings
 from rlm_core.store_table import is_embedded
 from rlm_core.stores import hold_embedded_cache
 from rlm_dagster.home import ensure_dagster_home
+from rlm_dagster.jobs import SNAPSHOT_JOB
+from rlm_dagster.run_tags import REASON_TAG, TRIGGER_TAG, Trigger
 
 DEFAULT_PORT = 3000
 STOP_TIMEOUT_SECONDS = 30
@@ -123,6 +125,7 @@ def _first_snapshot(port: int, env: dict[str, str]) -> None:
             time.sleep(1)
     else:
         return
+    tags = {TRIGGER_TAG: Trigger.MANUAL.value, REASON_TAG: "First snapshot at start"}
     launch = [
         sys.executable,
         "-m",
@@ -132,9 +135,9 @@ def _first_snapshot(port: int, env: dict[str, str]) -> None:
         "-m",
         "rlm_dagster.definitions",
         "-j",
-        "snapshot_job",
+        SNAPSHOT_JOB,
         "--tags",
-        json.dumps({"rlm/trigger": "manual", "rlm/reason": "First snapshot at start"}),
+        json.dumps(tags),
     ]
     subprocess.run(
         launch, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
