@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from bson import ObjectId
 
 from rlm_core.ports import CacheSeed, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from rlm_core.stores import Stores
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class DemoWorld:
         sessions = self._sessions(user_id, docs)
         self.hashed += [d for d in docs if not d.legacy][:1]
         self._write_documents(docs)
-        self.stores.metadata().insert_raw("chat_sessions", sessions)
+        metadata_seeder(self.stores.metadata()).insert_raw("chat_sessions", sessions)
         self._write_messages(sessions)
         self._write_points(docs)
         self._write_cache(docs)
@@ -163,7 +164,7 @@ class DemoWorld:
         for doc in docs:
             objects.put(doc.minio_key, io.BytesIO(doc.content), len(doc.content), "application/pdf")
             records.append(self._record(doc))
-        self.stores.metadata().insert_raw("documents", records)
+        metadata_seeder(self.stores.metadata()).insert_raw("documents", records)
         self.counts.documents += len(records)
         self.counts.objects += len(records)
 
@@ -200,12 +201,12 @@ class DemoWorld:
                         "created_at": session["updated_at"] - timedelta(minutes=10 - turn),
                     }
                 )
-        self.stores.metadata().insert_raw("messages", messages)
+        metadata_seeder(self.stores.metadata()).insert_raw("messages", messages)
         self.counts.messages += len(messages)
 
     def _write_points(self, docs: list[_Doc]) -> None:
         points = [p for doc in docs for p in self._chunks(doc)]
-        self.stores.vectors().upsert(points)
+        vector_seeder(self.stores.vectors()).upsert(points)
         self.counts.points += len(points)
 
     def _chunks(self, doc: _Doc) -> Iterator[VectorPoint]:
@@ -238,7 +239,7 @@ class DemoWorld:
         for index in range(len(docs) // 2):
             key = f"cache:query:{doc.user_id}:{index}".encode()
             seeds.append(CacheSeed(key, b"[0.1, 0.2]", None, self.rng.choice((0, 7200))))
-        self.stores.cache().seed(seeds)
+        cache_seeder(self.stores.cache()).seed(seeds)
         self.counts.cache_keys += len(seeds)
 
     def _seed_foreign_keys(self) -> None:
@@ -247,11 +248,11 @@ class DemoWorld:
             for prefix in NOT_OURS_PREFIXES
             for index in range(5 * self.scale)
         ]
-        self.stores.cache().seed(seeds)
+        cache_seeder(self.stores.cache()).seed(seeds)
         self.counts.foreign_keys += len(seeds)
 
     def _seed_malformed(self) -> None:
-        self.stores.metadata().insert_raw(
+        metadata_seeder(self.stores.metadata()).insert_raw(
             "documents",
             [
                 {
@@ -271,7 +272,7 @@ class DemoWorld:
                 },
             ],
         )
-        self.stores.vectors().upsert(
+        vector_seeder(self.stores.vectors()).upsert(
             [
                 VectorPoint(
                     str(uuid.uuid4()),
@@ -285,7 +286,7 @@ class DemoWorld:
                 ),
             ]
         )
-        self.stores.metadata().insert_raw(
+        metadata_seeder(self.stores.metadata()).insert_raw(
             "messages",
             [
                 {

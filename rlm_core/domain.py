@@ -38,6 +38,12 @@ _STORE_NAMES = {
     ResourceType.MONGODB_METADATA: "mongodb",
 }
 
+# The short store names as constants, for code that names one store (reports, audit, leases).
+REDIS = ResourceType.REDIS_CACHE.store
+QDRANT = ResourceType.QDRANT_VECTORS.store
+MINIO = ResourceType.MINIO_FILES.store
+MONGODB = ResourceType.MONGODB_METADATA.store
+
 
 class CleanupPriority(enum.IntEnum):
     """Urgency of a cleanup; lower value is more urgent (the seed's ordering)."""

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from rlm_core.audit import AuditEntry, AuditLog, open_audit
+from rlm_core.batching import chunked
 from rlm_core.cleanup.context import Leases, StoreSet
 from rlm_core.clock import Clock
-from rlm_core.domain import ErasureReceipt, StoreErasure
+from rlm_core.domain import MINIO, MONGODB, QDRANT, REDIS, ErasureReceipt, StoreErasure
 from rlm_core.policy import object_key_problem
 from rlm_core.ports import (
     DocumentRecord,
@@ -36,7 +37,7 @@ from rlm_core.settings import Settings
 
 # Passes of a real erase before it reports what keeps appearing (uploads racing the erase).
 MAX_PASSES = 3
-STORES = ("qdrant", "redis", "minio", "mongodb")
+STORES = (QDRANT, REDIS, MINIO, MONGODB)
 # S3 has no batch HEAD: one request per object, so a few are kept in flight at once.
 HEAD_THREADS = 8
 HEAD_CHUNK = 100
@@ -94,10 +95,10 @@ class _Plan:
     def names(self) -> dict[str, set[str]]:
         """Every item to delete, per store, by a name unique within its store."""
         return {
-            "qdrant": {p.point_id for p in self.points},
-            "redis": {_key_name(k) for k in self.cache_keys},
-            "minio": set(self.objects),
-            "mongodb": {
+            QDRANT: {p.point_id for p in self.points},
+            REDIS: {_key_name(k) for k in self.cache_keys},
+            MINIO: set(self.objects),
+            MONGODB: {
                 *(_record_name("documents", d.identity) for d in self.documents),
                 *(_record_name("chat_sessions", s.identity) for s in self.sessions),
                 *(_record_name("messages", m.identity) for m in self.messages),
@@ -306,7 +307,7 @@ def _plan_points(
         if isinstance(verdict, PointPin):
             plan.points.append(verdict)
         elif verdict is not None:
-            plan.keep("qdrant", verdict, [point.point_id])
+            plan.keep(QDRANT, verdict, [point.point_id])
 
 
 def point_verdict(
@@ -335,7 +336,7 @@ def _plan_cache(run: _Erase, plan: _Plan, other_docs: set[str]) -> None:
         return
     for key, memory in run.stores.cache().memory_usage(list(owner)).items():
         if owner[key] in other_docs:
-            plan.keep("redis", SHARED_ID, [_key_name(key)])
+            plan.keep(REDIS, SHARED_ID, [_key_name(key)])
         else:
             plan.cache_keys[key] = memory
 
@@ -349,7 +350,7 @@ def _plan_objects(run: _Erase, plan: _Plan) -> None:
     shared = run.stores.metadata().referenced_object_keys(objects.bucket, keys, plan.documents)
     for key, size in _sizes(objects, keys).items():
         if key in shared:
-            plan.keep("minio", SHARED_OBJECT, [key])
+            plan.keep(MINIO, SHARED_OBJECT, [key])
         else:
             plan.objects[key] = size
     run.known.objects.update(plan.objects)
@@ -357,7 +358,7 @@ def _plan_objects(run: _Erase, plan: _Plan) -> None:
 
 def _sizes(objects: ObjectStore, keys: list[str]) -> dict[str, int]:
     """The stored size of each existing key, HEAD_CHUNK keys per task, HEAD_THREADS at once."""
-    chunks = [keys[i : i + HEAD_CHUNK] for i in range(0, len(keys), HEAD_CHUNK)]
+    chunks = list(chunked(keys, HEAD_CHUNK))
     # The first chunk alone: the client looks the bucket's region up once, not once per thread.
     sizes = objects.sizes(chunks[0]) if chunks else {}
     with ThreadPoolExecutor(max_workers=HEAD_THREADS) as pool:
@@ -375,9 +376,9 @@ def _object_keys(run: _Erase, plan: _Plan) -> set[str]:
             continue
         # SPEC 4.1 (5): a record without a usable bucket names its key in our bucket.
         if doc.minio_bucket not in (None, bucket):
-            plan.keep("minio", OTHER_BUCKET, [f"{doc.minio_bucket}/{key}"])
+            plan.keep(MINIO, OTHER_BUCKET, [f"{doc.minio_bucket}/{key}"])
         elif object_key_problem(key) is not None:
-            plan.keep("minio", UNSAFE_KEY, [key])
+            plan.keep(MINIO, UNSAFE_KEY, [key])
         else:
             keys.add(key)
     return keys
@@ -388,7 +389,7 @@ def _plan_messages(run: _Erase, plan: _Plan, other_sessions: set[str]) -> None:
         return
     for message in run.stores.metadata().messages_of_sessions(sorted(run.known.sessions)):
         if message.chat_id in other_sessions:
-            plan.keep("mongodb", SHARED_ID, [_record_name("messages", message.identity)])
+            plan.keep(MONGODB, SHARED_ID, [_record_name("messages", message.identity)])
         else:
             plan.messages.append(message)
 
@@ -432,7 +433,7 @@ def _erase_points(run: _Erase, pins: list[PointPin]) -> None:
     entries = [
         _entry(
             run,
-            "qdrant",
+            QDRANT,
             "erase_points",
             f"session_id={s} document_id={d}",
             len(ids) * point_bytes,
@@ -440,17 +441,15 @@ def _erase_points(run: _Erase, pins: list[PointPin]) -> None:
         )
         for (s, d), ids in groups.items()
     ]
-    _step(run, "qdrant", entries, lambda: len(pins) if run.dry_run else vectors.delete_pinned(pins))
+    _step(run, QDRANT, entries, lambda: len(pins) if run.dry_run else vectors.delete_pinned(pins))
 
 
 def _erase_cache(run: _Erase, keys: dict[bytes, int]) -> None:
     if not keys:
         return
     cache = run.stores.cache()
-    entries = [_entry(run, "redis", "erase_cache_key", _key_name(k), m) for k, m in keys.items()]
-    _step(
-        run, "redis", entries, lambda: len(keys) if run.dry_run else len(cache.unlink(list(keys)))
-    )
+    entries = [_entry(run, REDIS, "erase_cache_key", _key_name(k), m) for k, m in keys.items()]
+    _step(run, REDIS, entries, lambda: len(keys) if run.dry_run else len(cache.unlink(list(keys))))
 
 
 def _erase_objects(run: _Erase, plan: _Plan) -> None:
@@ -458,15 +457,15 @@ def _erase_objects(run: _Erase, plan: _Plan) -> None:
     if keys and not run.dry_run:
         # The last re-check: an object another user's document named since the scan stays.
         shared = run.stores.metadata().referenced_object_keys(objects.bucket, keys, plan.documents)
-        run.tally.keep("minio", SHARED_OBJECT, shared)
+        run.tally.keep(MINIO, SHARED_OBJECT, shared)
         keys = [k for k in keys if k not in shared]
     if not keys:
         return
     entries = [
-        _entry(run, "minio", "erase_object", k, plan.objects[k], {"bucket": objects.bucket})
+        _entry(run, MINIO, "erase_object", k, plan.objects[k], {"bucket": objects.bucket})
         for k in keys
     ]
-    _step(run, "minio", entries, lambda: len(keys) if run.dry_run else _remove(run, keys))
+    _step(run, MINIO, entries, lambda: len(keys) if run.dry_run else _remove(run, keys))
 
 
 def _remove(run: _Erase, keys: list[str]) -> int:
@@ -485,7 +484,7 @@ def _erase_messages(run: _Erase, messages: list[MessageRecord]) -> None:
     entries = [
         _entry(
             run,
-            "mongodb",
+            MONGODB,
             "erase_messages",
             f"chat_id={chat}",
             0,
@@ -496,7 +495,7 @@ def _erase_messages(run: _Erase, messages: list[MessageRecord]) -> None:
     metadata = run.stores.metadata()
     _step(
         run,
-        "mongodb",
+        MONGODB,
         entries,
         lambda: len(messages) if run.dry_run else metadata.delete_messages(messages),
     )
@@ -506,13 +505,13 @@ def _erase_sessions(run: _Erase, sessions: list[SessionRecord]) -> None:
     if not sessions:
         return
     entries = [
-        _entry(run, "mongodb", "erase_session", s.id, 0, {"id_type": _id_type(s.oid)})
+        _entry(run, MONGODB, "erase_session", s.id, 0, {"id_type": _id_type(s.oid)})
         for s in sessions
     ]
     metadata = run.stores.metadata()
     _step(
         run,
-        "mongodb",
+        MONGODB,
         entries,
         lambda: len(sessions) if run.dry_run else metadata.delete_sessions(sessions, run.user_id),
     )
@@ -525,7 +524,7 @@ def _erase_documents(run: _Erase, docs: list[DocumentRecord]) -> None:
     metadata = run.stores.metadata()
     _step(
         run,
-        "mongodb",
+        MONGODB,
         entries,
         lambda: len(docs) if run.dry_run else metadata.delete_documents(docs, run.run_id),
     )
@@ -555,7 +554,7 @@ def _document_entry(run: _Erase, doc: DocumentRecord) -> AuditEntry:
         "minio_key": doc.minio_key,
         "dedup_entry": doc.file_hash is not None,
     }
-    return _entry(run, "mongodb", "erase_document", doc.id, doc.size_bytes or 0, extra)
+    return _entry(run, MONGODB, "erase_document", doc.id, doc.size_bytes or 0, extra)
 
 
 def _receipt(run: _Erase, started: datetime, clock: Clock, left: _Plan | None) -> ErasureReceipt:
@@ -568,7 +567,7 @@ def _receipt(run: _Erase, started: datetime, clock: Clock, left: _Plan | None) -
             kept={reason: len(names) for reason, names in sorted(tally.kept[store].items())},
             left=remaining.get(store),
             verified=None if run.dry_run else remaining.get(store) == 0,
-            detail=_detail(tally) if store == "mongodb" else {},
+            detail=_detail(tally) if store == MONGODB else {},
         )
         for store in STORES
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -16,6 +16,7 @@ from rlm_core.cleanup.vectors import sweep_vectors
 from rlm_core.clock import Clock, SystemClock
 from rlm_core.dedup import ingest
 from rlm_core.domain import (
+    MONGODB,
     CleanupReport,
     ErasureReceipt,
     IngestResult,
@@ -24,10 +25,10 @@ from rlm_core.domain import (
 )
 from rlm_core.erasure import erase_user
 from rlm_core.events import MONITORING_COMPLETED, log_event
-from rlm_core.monitoring import measure_cache, measure_metadata, measure_objects, measure_vectors
 from rlm_core.policy import Retention
 from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, StoreError, VectorStore
 from rlm_core.settings import Settings
+from rlm_core.store_table import FULL_PLAN, STORE_TABLE, Step, step_label, step_stores
 from rlm_core.stores import Stores
 
 if TYPE_CHECKING:
@@ -37,35 +38,18 @@ if TYPE_CHECKING:
     from redis import Redis
 
 T = TypeVar("T")
-_Step = Callable[[Sweep], None]
 
-# Which sweeps each resource type runs, in order. Document expiry comes first so the store
-# sweeps after it see the cascade's result.
-PLANS: dict[ResourceType | None, tuple[_Step, ...]] = {
-    ResourceType.REDIS_CACHE: (sweep_cache,),
-    ResourceType.QDRANT_VECTORS: (sweep_vectors,),
-    ResourceType.MINIO_FILES: (expire_documents, sweep_orphan_objects),
-    ResourceType.MONGODB_METADATA: (expire_documents,),
-    None: (expire_documents, sweep_cache, sweep_vectors, sweep_orphan_objects),
+# Which sweeps each resource type runs, in order; derived from the store table.
+PLANS: dict[ResourceType | None, tuple[Step, ...]] = {
+    **{rt: row.steps for rt, row in STORE_TABLE.items()},
+    None: FULL_PLAN,
 }
 
 # The stores each step deletes from: a run leases them all before it starts.
-STEP_LEASES: dict[_Step, tuple[str, ...]] = {
-    expire_documents: ("redis", "qdrant", "minio", "mongodb"),
-    sweep_cache: ("redis",),
-    sweep_vectors: ("qdrant",),
-    sweep_orphan_objects: ("minio",),
-}
+STEP_LEASES: dict[Step, tuple[str, ...]] = {step: step_stores(step) for step in FULL_PLAN}
 
 # Steps that judge items by references: they refuse when references cannot be read.
 REFERENCE_STEPS = frozenset({expire_documents, sweep_vectors})
-
-_STEP_STORE: dict[_Step, str] = {
-    expire_documents: "documents (cascade)",
-    sweep_cache: "redis",
-    sweep_vectors: "qdrant",
-    sweep_orphan_objects: "minio",
-}
 
 
 class LifecycleManager:
@@ -105,21 +89,7 @@ class LifecycleManager:
         """Measure each store asked for (all by default); raises StoreError if one is down."""
         wanted = list(resource_types) if resource_types is not None else list(ResourceType)
         now = self.clock.now()
-        measures = {
-            ResourceType.REDIS_CACHE: lambda: measure_cache(
-                self.stores.cache(), self.settings, now
-            ),
-            ResourceType.QDRANT_VECTORS: lambda: measure_vectors(
-                self.stores.vectors(), self.settings, now
-            ),
-            ResourceType.MINIO_FILES: lambda: measure_objects(
-                self.stores.objects(), self.settings, now
-            ),
-            ResourceType.MONGODB_METADATA: lambda: measure_metadata(
-                self.stores.metadata(), self.settings, now
-            ),
-        }
-        result = {rt: measures[rt]() for rt in wanted}
+        result = {rt: STORE_TABLE[rt].measure(self.stores, self.settings, now) for rt in wanted}
         log_event(
             MONITORING_COMPLETED,
             metrics={
@@ -172,13 +142,13 @@ class LifecycleManager:
         """The parts a Redis sweep can be split into (a cluster's primaries); StoreError if down."""
         return self.stores.cache().shards()
 
-    def _lease(self, sweep: Sweep, steps: tuple[_Step, ...], shard: str | None = None) -> bool:
+    def _lease(self, sweep: Sweep, steps: tuple[Step, ...], shard: str | None = None) -> bool:
         names = {store for step in steps for store in STEP_LEASES[step]}
         if shard is not None:
             # The parts of one fan-out run side by side: each leases its own shard, so two
             # sweeps of one primary never overlap (the run-level guard keeps whole-store runs
             # apart, and the check-and-unlink script never counts a key twice).
-            names = {f"redis@{shard}"}
+            names = {f"{ResourceType.REDIS_CACHE.store}@{shard}"}
         leases = Leases(self.stores.metadata(), names, sweep.run_id, self.clock.now)
         try:
             busy = leases.acquire()
@@ -187,7 +157,7 @@ class LifecycleManager:
                 # Leases live in the metadata store; a Redis sweep needs no other store, and
                 # its atomic check-and-unlink never counts a key two runs both saw.
                 return True
-            sweep.report.errors.append(f"mongodb: cannot take the cleanup lease: {exc}")
+            sweep.report.errors.append(f"{MONGODB}: cannot take the cleanup lease: {exc}")
             return False
         if busy is not None:
             sweep.report.errors.append(busy)
@@ -199,7 +169,7 @@ class LifecycleManager:
         try:
             leases.release()
         except StoreError as exc:
-            sweep.report.errors.append(f"mongodb: lease not released (it expires): {exc}")
+            sweep.report.errors.append(f"{MONGODB}: lease not released (it expires): {exc}")
 
     def _references_readable(self, sweep: Sweep) -> bool:
         # SPEC 4.1 (2): with a reference source missing or unreadable, every document would look
@@ -207,7 +177,7 @@ class LifecycleManager:
         try:
             self.stores.metadata().check_references()
         except StoreError as exc:
-            sweep.report.errors.append(f"mongodb: {exc}")
+            sweep.report.errors.append(f"{MONGODB}: {exc}")
             return False
         return True
 
@@ -222,9 +192,9 @@ class LifecycleManager:
         )
         audit = open_audit(s, run_id, dry_run, now)
         report = CleanupReport(run_id=run_id, dry_run=dry_run, audit_path=audit.location)
-        for store in ("redis", "qdrant", "minio", "mongodb"):
-            report.deleted_counts.setdefault(store, 0)
-            report.bytes_freed.setdefault(store, 0)
+        for row in STORE_TABLE.values():
+            report.deleted_counts.setdefault(row.store, 0)
+            report.bytes_freed.setdefault(row.store, 0)
         return Sweep(s, stores, retention, audit, Budget(cap), report, run_id, dry_run)
 
     def _metadata_populated(self, sweep: Sweep) -> bool:
@@ -234,7 +204,7 @@ class LifecycleManager:
         try:
             return any(batch for batch in self.stores.metadata().iter_documents(1))
         except StoreError as exc:
-            sweep.report.errors.append(f"mongodb: {exc}")
+            sweep.report.errors.append(f"{MONGODB}: {exc}")
             return False
 
     def _count_unreadable_sessions(self, sweep: Sweep) -> None:
@@ -243,12 +213,12 @@ class LifecycleManager:
         try:
             unreadable = self.stores.metadata().unreadable_sessions()
         except StoreError as exc:
-            sweep.report.errors.append(f"mongodb: {exc}")
+            sweep.report.errors.append(f"{MONGODB}: {exc}")
             return
         if unreadable:
-            sweep.report.add_skipped("mongodb", unreadable)
+            sweep.report.add_skipped(MONGODB, unreadable)
 
-    def _run_step(self, step: _Step, sweep: Sweep) -> None:
+    def _run_step(self, step: Step, sweep: Sweep) -> None:
         if sweep.budget.exhausted:
             sweep.report.capped = True
             return
@@ -256,7 +226,7 @@ class LifecycleManager:
             step(sweep)
         except StoreError as exc:
             # One store down stops its own sweep; the others still run. The report fails.
-            sweep.report.errors.append(f"{_STEP_STORE[step]}: {exc}")
+            sweep.report.errors.append(f"{step_label(step)}: {exc}")
 
     def ingest(
         self, user_id: str, filename: str, stream: BinaryIO, content_type: str | None = None
@@ -367,9 +337,12 @@ def _check_cleanup_args(resource_type: object, dry_run: object, max_deletions: o
         )
     if not isinstance(dry_run, bool):
         raise ValueError(f"dry_run: {dry_run!r} is not valid; allowed: True or False")
-    if max_deletions is not None and (
-        isinstance(max_deletions, bool) or not isinstance(max_deletions, int) or max_deletions < 1
-    ):
+    check_max_deletions(max_deletions)
+
+
+def check_max_deletions(value: object) -> None:
+    """The one check of a deletion cap (API, CLI, Dagster config): ValueError naming the value."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(
-            f"max_deletions: {max_deletions!r} is not valid; allowed: a whole number >= 1 or None"
+            f"max_deletions: {value!r} is not valid; allowed: a whole number >= 1 or None"
         )

@@ -7,7 +7,7 @@ records, never in client objects, so the service is the same over real servers a
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol
@@ -54,7 +54,7 @@ class CacheKey:
 
 @dataclass(frozen=True)
 class CacheSeed:
-    """A key to write (demo data and tests); idle_seconds backdates its idle time."""
+    """A key to write (rlm_core.seeding); idle_seconds backdates its idle time."""
 
     key: bytes
     value: bytes
@@ -104,10 +104,6 @@ class CacheStore(Protocol):
         wherever each key lives. Raises StoreError if the shard is no longer there."""
         ...
 
-    def seed(self, items: Sequence[CacheSeed]) -> None:
-        """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
-        ...
-
     def close(self) -> None:
         """Release connections."""
         ...
@@ -148,7 +144,7 @@ class PointPin:
 
 @dataclass(frozen=True)
 class VectorPoint:
-    """A point to write (seeding and tests)."""
+    """A point to write (rlm_core.seeding)."""
 
     point_id: str
     vector: Sequence[float]
@@ -197,10 +193,6 @@ class VectorStore(Protocol):
 
     def point_bytes(self) -> int:
         """Bytes one point's vector takes, from the collection's own configuration."""
-        ...
-
-    def upsert(self, points: Sequence[VectorPoint]) -> None:
-        """Write points."""
         ...
 
     def close(self) -> None:
@@ -478,10 +470,6 @@ class MetadataStore(Protocol):
 
     def stats(self) -> MetadataStats:
         """Document count, storage size and oldest created_at."""
-        ...
-
-    def insert_raw(self, collection: str, docs: Iterable[dict[str, Any]]) -> None:
-        """Write raw records shaped as SPEC section 3 (`documents`, `chat_sessions`, `messages`)."""
         ...
 
     def close(self) -> None:

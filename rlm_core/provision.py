@@ -8,6 +8,7 @@ from typing import Any
 
 from rlm_core.audit import AuditSink
 from rlm_core.cleanup.context import StoreSet
+from rlm_core.domain import MINIO, MONGODB, QDRANT
 from rlm_core.settings import Settings
 
 
@@ -56,15 +57,15 @@ def initialize(settings: Settings, stores: StoreSet, audit: AuditSink) -> InitRe
     documents = f"{s.mongodb_database}.{s.documents_collection}"
     plan: list[tuple[str, str, str, Callable[[], None]]] = [
         (
-            "mongodb",
+            MONGODB,
             "ensure_indexes",
             f"{documents} (unique user_id + metadata.file_hash, lookups; sessions and "
             "messages indexed where they exist)",
             lambda: stores.metadata().ensure_indexes(),
         ),
-        ("minio", "ensure_bucket", s.minio_bucket, lambda: stores.objects().ensure_bucket()),
+        (MINIO, "ensure_bucket", s.minio_bucket, lambda: stores.objects().ensure_bucket()),
         (
-            "qdrant",
+            QDRANT,
             "ensure_collection",
             f"{s.qdrant_collection} ({s.qdrant_vector_size}-dim, cosine, payload indexes)",
             lambda: stores.vectors().ensure_collection(),

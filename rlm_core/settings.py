@@ -630,14 +630,15 @@ def _profile(source: Mapping[str, str], problems: list[str]) -> str | None:
 def _problem(env: str, raw: str, allowed: str) -> str:
     if env in SECRET_VARIABLES:
         shown = "***"
-    elif env in _CONNECTION_VARIABLES:
+    elif env in CONNECTION_VARIABLES:
         shown = repr(_redact_credentials(raw))
     else:
         shown = repr(raw)
     return f"{env}={shown} is invalid; {allowed}"
 
 
-_CONNECTION_VARIABLES = frozenset({"REDIS_URL", "QDRANT_URL", "MONGODB_URL", "MINIO_ENDPOINT"})
+# The store table rows' connection settings (rlm_core.store_table; a test keeps them equal).
+CONNECTION_VARIABLES = frozenset({"REDIS_URL", "QDRANT_URL", "MONGODB_URL", "MINIO_ENDPOINT"})
 
 
 def _redact_query(url: str) -> str:

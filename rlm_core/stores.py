@@ -135,6 +135,19 @@ def _cache_from_settings(settings: Settings) -> CacheStore:
     return RedisCacheStore(client, settings.redis_cache_key_patterns)
 
 
+def hold_embedded_cache(settings: Settings) -> _Closable:
+    """A connection to the embedded Redis that keeps its server up until closed."""
+    from rlm_core.adapters.redis_cache import connect_redis
+
+    client = connect_redis(None, settings.data_dir, settings.store_timeout_seconds)
+    try:
+        client.ping()
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
 def _vectors_from_settings(settings: Settings) -> VectorStore:
     from rlm_core.adapters.qdrant_vectors import QdrantVectorStore, connect_qdrant
 

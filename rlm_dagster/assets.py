@@ -18,7 +18,7 @@ from rlm_dagster.checks import (
     usage_below_critical,
 )
 from rlm_dagster.history import snapshots_frame, trends, trends_markdown
-from rlm_dagster.resources import LifecycleResource
+from rlm_dagster.resources import STORE_RETRY, LifecycleResource
 from rlm_dagster.snapshots import (
     USAGE_KEYS,
     USAGE_PREFIX,
@@ -28,12 +28,6 @@ from rlm_dagster.snapshots import (
 
 GROUP = "usage"
 HISTORY_KEY = dg.AssetKey([USAGE_PREFIX, "history"])
-
-# A store that is briefly down (restart, failover, Qdrant's folder lock held by another run)
-# usually answers again within seconds: retry 3 times at about 2, 4 and 8 s.
-STORE_RETRY = dg.RetryPolicy(
-    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
 
 
 def snapshot_metadata(metrics: ResourceMetrics) -> dict[str, dg.MetadataValue]:

@@ -11,6 +11,7 @@ import dagster as dg
 
 from rlm_core.domain import CleanupPriority, ResourceMetrics, ResourceType
 from rlm_core.settings import Settings
+from rlm_core.store_table import STORE_TABLE
 
 USAGE_BELOW_CRITICAL = "usage_below_critical"
 CLEANUP_KEEPING_UP = "cleanup_keeping_up"
@@ -18,12 +19,8 @@ TTL_FACTOR = 2.0
 
 
 def ttl_hours(settings: Settings, resource_type: ResourceType) -> float:
-    """The retention in hours that bounds the age of a store's items."""
-    if resource_type is ResourceType.REDIS_CACHE:
-        return settings.redis_cache_ttl_hours
-    if resource_type is ResourceType.QDRANT_VECTORS:
-        return settings.rag_session_ttl_hours
-    return settings.files_ttl_hours
+    """The retention in hours that bounds the age of a store's items (its store table row)."""
+    return STORE_TABLE[resource_type].ttl_hours(settings)
 
 
 def usage_below_critical(metrics: ResourceMetrics) -> dg.AssetCheckResult:

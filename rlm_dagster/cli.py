@@ -214,7 +214,7 @@ def cmd_demo_seed(args: argparse.Namespace, settings: Settings) -> int:
     """Fill the configured stores with realistic synthetic data."""
     from rlm_core.demo import seed_demo
     from rlm_core.lifecycle import LifecycleManager
-    from rlm_dagster.mode import is_embedded
+    from rlm_core.store_table import is_embedded
 
     if not (is_embedded(settings) or args.allow_servers):
         # Demo data includes keys that are not rlm's (blacklist:*, ...) and synthetic users:

@@ -13,12 +13,14 @@ import urllib.request
 from collections.abc import Mapping
 from contextlib import suppress
 
-from rlm_core.adapters.redis_cache import connect_redis
 from rlm_core.demo import seed_demo
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.settings import Settings
+from rlm_core.store_table import is_embedded
+from rlm_core.stores import hold_embedded_cache
 from rlm_dagster.home import ensure_dagster_home
-from rlm_dagster.mode import is_embedded
+from rlm_dagster.jobs import SNAPSHOT_JOB
+from rlm_dagster.run_tags import REASON_TAG, TRIGGER_TAG, Trigger
 
 DEFAULT_PORT = 3000
 STOP_TIMEOUT_SECONDS = 30
@@ -69,9 +71,8 @@ def run(settings: Settings) -> int:
             print(f"rlm: seeding demo data: {seed_demo(manager)}", flush=True)
     # Holding a cache connection keeps the embedded Redis server up between runs, so idle times
     # (which a server restart resets) keep growing and the Redis sweep has work to do.
-    keepalive = connect_redis(None, settings.data_dir, settings.store_timeout_seconds)
+    keepalive = hold_embedded_cache(settings)
     try:
-        keepalive.ping()
         return _serve(port, env)
     finally:
         keepalive.close()
@@ -124,6 +125,7 @@ def _first_snapshot(port: int, env: dict[str, str]) -> None:
             time.sleep(1)
     else:
         return
+    tags = {TRIGGER_TAG: Trigger.MANUAL.value, REASON_TAG: "First snapshot at start"}
     launch = [
         sys.executable,
         "-m",
@@ -133,9 +135,9 @@ def _first_snapshot(port: int, env: dict[str, str]) -> None:
         "-m",
         "rlm_dagster.definitions",
         "-j",
-        "snapshot_job",
+        SNAPSHOT_JOB,
         "--tags",
-        json.dumps({"rlm/trigger": "manual", "rlm/reason": "First snapshot at start"}),
+        json.dumps(tags),
     ]
     subprocess.run(
         launch, env=env, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -8,8 +8,7 @@ import dagster as dg
 
 from rlm_core.domain import ErasureReceipt
 from rlm_core.ports import StoreError
-from rlm_dagster.assets import STORE_RETRY
-from rlm_dagster.resources import LifecycleResource
+from rlm_dagster.resources import STORE_RETRY, LifecycleResource
 from rlm_dagster.run_tags import TRIGGER_TAG, Trigger, store_tags
 
 ERASE_OP = "erase_user"

@@ -21,7 +21,6 @@ from rlm_core.domain import CleanupReport, ResourceType
 from rlm_core.events import CLEANUP_PROCESSED, log_event
 from rlm_core.lifecycle import split_cap
 from rlm_core.ports import StoreError
-from rlm_dagster.assets import STORE_RETRY
 from rlm_dagster.jobs import (
     cleanup_response,
     observe_metadata,
@@ -29,7 +28,7 @@ from rlm_dagster.jobs import (
     take_turn,
     validate_max_deletions,
 )
-from rlm_dagster.resources import LifecycleResource
+from rlm_dagster.resources import STORE_RETRY, LifecycleResource
 from rlm_dagster.run_tags import REASON_TAG, RESOURCE_TYPE_TAG, priority_from_tags, store_tags
 
 FANOUT_JOB = "redis_fanout_job"
@@ -95,7 +94,7 @@ def sweep_part(
     if share == 0:
         # The cap is smaller than the number of parts: this one may delete nothing.
         report = CleanupReport(run_id=context.run_id, dry_run=dry_run, capped=True)
-        report.add_deleted("redis", 0)
+        report.add_deleted(REDIS.store, 0)
     else:
         try:
             report = lifecycle.manager.cleanup(

@@ -12,11 +12,12 @@ import dagster as dg
 
 from rlm_core.domain import CleanupReport, ResourceType
 from rlm_core.events import CLEANUP_PROCESSED, log_event
+from rlm_core.lifecycle import check_max_deletions
 from rlm_core.ports import StoreError
-from rlm_dagster.assets import GROUP, STORE_RETRY
+from rlm_dagster.assets import GROUP
 from rlm_dagster.guard import WAIT_SECONDS, refusal, wait_for_turn
 from rlm_dagster.mode import CleanupMode
-from rlm_dagster.resources import LifecycleResource
+from rlm_dagster.resources import STORE_RETRY, LifecycleResource
 from rlm_dagster.run_tags import (
     ALL_RESOURCES,
     AUTOMATIC_TRIGGERS,
@@ -31,6 +32,7 @@ from rlm_dagster.run_tags import (
 )
 
 CLEANUP_OP = "cleanup"
+SNAPSHOT_JOB = "snapshot_job"
 
 
 class CleanupTarget(enum.Enum):
@@ -65,15 +67,12 @@ def cleanup_run_config(
 
 
 def validate_max_deletions(value: int | None) -> None:
-    """Reject a cap below 1; not retryable, the run config itself is wrong."""
-    if value is not None and value < 1:
-        raise dg.Failure(
-            description=(
-                f"max_deletions: {value} is not valid; allowed: a whole number > 0, "
-                "or null for no cap"
-            ),
-            allow_retries=False,
-        )
+    """Reject a cap the core refuses, before waiting for a turn; not retryable, the run config
+    itself is wrong."""
+    try:
+        check_max_deletions(value)
+    except ValueError as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 
 def cleanup_response(report: CleanupReport) -> dict[str, Any]:
@@ -212,7 +211,7 @@ def cleanup_job() -> None:
 
 
 snapshot_job = dg.define_asset_job(
-    "snapshot_job",
+    SNAPSHOT_JOB,
     selection=dg.AssetSelection.groups(GROUP),
     description="Take one usage snapshot of every store, then refresh usage/history.",
 )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from rlm_core.events import log_event
 from rlm_core.settings import Settings
+from rlm_core.store_table import is_embedded
 
 MODE_EVENT = "Cleanup mode"
 
@@ -34,12 +35,6 @@ class ModeDecision:
     def automatic_dry_run(self) -> bool:
         """True when schedule and sensor runs must only report."""
         return self.mode is CleanupMode.OBSERVE
-
-
-def is_embedded(settings: Settings) -> bool:
-    """True when no store URL is configured: everything runs under RLM_DATA_DIR."""
-    urls = (settings.redis_url, settings.qdrant_url, settings.mongodb_url, settings.minio_endpoint)
-    return all(url is None for url in urls)
 
 
 def cleanup_mode(settings: Settings) -> ModeDecision:

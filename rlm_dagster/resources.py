@@ -29,6 +29,13 @@ def tag_mode(context: dg.InitResourceContext, settings: Settings) -> None:
         instance.add_run_tags(run.run_id, {MODE_TAG: cleanup_mode(settings).mode.value})
 
 
+# A store that is briefly down (restart, failover, Qdrant's folder lock held by another run)
+# usually answers again within seconds: retry 3 times at about 2, 4 and 8 s.
+STORE_RETRY = dg.RetryPolicy(
+    max_retries=3, delay=2, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+
 class LifecycleResource(dg.ConfigurableResource):  # type: ignore[type-arg]
     """rlm's LifecycleManager for one run: settings from the environment, stores opened lazily."""
 

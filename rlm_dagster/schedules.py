@@ -6,6 +6,7 @@ import dagster as dg
 
 from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.settings import Settings
+from rlm_core.store_table import STORE_TABLE, SettingRef
 from rlm_dagster.fanout import fanout_run_config, redis_fanout_job
 from rlm_dagster.jobs import cleanup_job, cleanup_run_config, snapshot_job
 from rlm_dagster.mode import ModeDecision, cleanup_mode
@@ -15,11 +16,9 @@ MINUTE = 60
 HOUR = 3600
 DAY = 86400
 WEEK = 604800
-# The seed's three cleanup loops; MongoDB records expire with the MinIO cascade.
-CLEANUP_INTERVALS: dict[ResourceType, str] = {
-    ResourceType.REDIS_CACHE: "REDIS_CLEANUP_INTERVAL_SECONDS",
-    ResourceType.QDRANT_VECTORS: "QDRANT_CLEANUP_INTERVAL_SECONDS",
-    ResourceType.MINIO_FILES: "MINIO_CLEANUP_INTERVAL_SECONDS",
+# The seed's three cleanup loops: the store table rows with an interval setting.
+CLEANUP_INTERVALS: dict[ResourceType, SettingRef[int]] = {
+    rt: row.interval for rt, row in STORE_TABLE.items() if row.interval is not None
 }
 ALLOWED_INTERVALS = (
     "a whole number of minutes dividing 60 (60, 300, 900, 1800, ...), "
@@ -91,10 +90,10 @@ def build_schedules(settings: Settings) -> list[dg.ScheduleDefinition]:
         cleanup_schedule(
             f"{rt.store}_cleanup_schedule",
             rt,
-            interval_to_cron(getattr(settings, f"{rt.store}_cleanup_interval_seconds"), variable),
+            interval_to_cron(interval.read(settings), interval.variable),
             decision,
             fan_out=rt is ResourceType.REDIS_CACHE and settings.redis_cluster,
         )
-        for rt, variable in CLEANUP_INTERVALS.items()
+        for rt, interval in CLEANUP_INTERVALS.items()
     ]
     return [monitoring, *cleanups]

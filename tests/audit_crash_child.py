@@ -18,6 +18,7 @@ from rlm_core.audit import AuditEntry, AuditLog
 from rlm_core.clock import FakeClock
 from rlm_core.domain import ResourceType
 from rlm_core.lifecycle import LifecycleManager
+from rlm_core.seeding import metadata_seeder
 from rlm_core.settings import Settings
 from rlm_core.stores import Stores
 
@@ -51,7 +52,7 @@ def _seed(manager: LifecycleManager, now: datetime) -> None:
     for key in (ORPHAN, LIVE):
         objects.put(key, io.BytesIO(b"%PDF-1.4 test"), 13, "application/pdf")
     # One live document: the orphan sweep refuses to run on an empty metadata store.
-    metadata.insert_raw(
+    metadata_seeder(metadata).insert_raw(
         "documents",
         [
             {

@@ -32,6 +32,62 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY)
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+# The tier of each test module, by path (longest match wins); a test's own tier marker (an
+# integration test in a unit module) wins over its module's. README "Tests" explains the tiers.
+TIER_MARKERS = ("unit", "contract", "integration", "e2e")
+TIERS: dict[str, str] = {
+    "tests/unit/": "unit",
+    "tests/contracts/": "contract",
+    # The stack suites: real servers and the embedded stack; their `fakes` param is the fast rung.
+    "tests/lifecycle/": "integration",
+    "tests/reliability/": "integration",
+    "tests/dagster/": "integration",
+    "tests/dagster/test_checks.py": "unit",
+    "tests/dagster/test_history.py": "unit",
+    "tests/dagster/test_logs.py": "unit",
+    "tests/dagster/test_schedules.py": "unit",
+    "tests/dagster/test_store_table_derived.py": "unit",
+    "tests/dagster/test_api.py": "e2e",
+    "tests/dagster/test_cli.py": "e2e",
+    "tests/dagster/test_cli_polish.py": "e2e",
+    "tests/dagster/test_integration.py": "e2e",
+    "tests/browser/": "e2e",
+    "tests/test_audit_sinks.py": "integration",
+    "tests/test_clock_and_events.py": "unit",
+    "tests/test_connections.py": "integration",
+    "tests/test_fanout.py": "integration",
+    "tests/test_init.py": "integration",
+    "tests/test_package.py": "unit",
+    "tests/test_priority.py": "unit",
+    "tests/test_services.py": "integration",
+    "tests/test_settings.py": "unit",
+    "tests/test_settings_operate.py": "unit",
+    "tests/test_settings_topology.py": "unit",
+    "tests/test_split_topology.py": "integration",
+}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier marker of a test module, from TIERS."""
+    relative = path.resolve().relative_to(ROOT).as_posix()
+    matches = [prefix for prefix in TIERS if relative.startswith(prefix)]
+    return TIERS[max(matches, key=len)] if matches else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its tier marker; a module no tier covers is a collection error."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in TIER_MARKERS):
+            continue
+        tier = tier_of(item.path)
+        if tier is None:
+            raise pytest.UsageError(
+                f"{item.path}: no test tier; add it to TIERS in tests/conftest.py"
+            )
+        item.add_marker(tier)
+
+
 @pytest.fixture(scope="session")
 def redis_srv() -> Iterator[RedisServer]:
     """A private redis-server for the whole session (never 6379)."""

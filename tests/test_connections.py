@@ -22,6 +22,7 @@ from rlm_core.clock import FakeClock
 from rlm_core.domain import ResourceType
 from rlm_core.lifecycle import LifecycleManager
 from rlm_core.ports import CacheSeed, StoreError
+from rlm_core.seeding import cache_seeder
 from rlm_core.settings import Settings
 from rlm_core.stores import Stores, minio_client
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -56,7 +57,7 @@ def private_ca(tmp_path_factory: pytest.TempPathFactory) -> PrivateCA:
 
 def _seed(store: RedisCacheStore, count: int, idle: int, prefix: str = "cache:") -> list[bytes]:
     keys = [f"{prefix}{i}".encode() for i in range(count)]
-    store.seed([CacheSeed(k, b"x" * 100, None, idle) for k in keys])
+    cache_seeder(store).seed([CacheSeed(k, b"x" * 100, None, idle) for k in keys])
     return keys
 
 
@@ -227,7 +228,7 @@ def test_rediss_with_the_ca_bundle_connects(private_ca: PrivateCA, tmp_path: Pat
         stores = Stores.from_settings(settings)
         try:
             cache = stores.cache()
-            cache.seed([CacheSeed(b"cache:tls", b"v", None)])
+            cache_seeder(cache).seed([CacheSeed(b"cache:tls", b"v", None)])
             assert [k.key for batch in cache.scan(10) for k in batch] == [b"cache:tls"]
         finally:
             stores.close()

@@ -33,8 +33,6 @@ from rlm_dagster.schedules import build_schedules
 from rlm_dagster.wiring import build_definitions
 from tests import test_connections
 
-pytestmark = pytest.mark.integration
-
 # The real 3-primary cluster of test_connections (one per module) and its flushed client.
 cluster_ports = test_connections.cluster_ports
 cluster = test_connections.cluster

@@ -18,7 +18,7 @@ from pymongo import ReadPreference, WriteConcern
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, WriteConcernError
 from urllib3.exceptions import HTTPError
 
-from rlm_core.adapters.mongo_metadata import naive_utc
+from rlm_core.adapters.records import naive_utc
 from rlm_core.adapters.s3_objects import DELETE_BATCH, S3ObjectStore, tls_hint
 from rlm_core.clock import to_utc
 from rlm_core.ports import StoreError

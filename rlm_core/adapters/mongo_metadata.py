@@ -6,8 +6,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
-from itertools import islice
-from typing import Any, TypeVar
+from typing import Any
 
 import bson
 import pymongo
@@ -17,6 +16,20 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, ExecutionTimeout, OperationFailure
 
+from rlm_core.adapters.records import (
+    CLAIM_FIELD,
+    IN_BATCH,
+    KEY_BATCH,
+    LOGICAL_COLLECTIONS,
+    Raw,
+    document_record,
+    id_text,
+    message_record,
+    naive_utc,
+    new_document_body,
+    session_record,
+)
+from rlm_core.batching import chunked
 from rlm_core.clock import to_utc
 from rlm_core.ports import (
     DocumentRecord,
@@ -30,16 +43,8 @@ from rlm_core.ports import (
     Touch,
 )
 
-IN_BATCH = 1000
-# Object keys per reference query: the orphan sweep reads references for 10 listing pages at once.
-KEY_BATCH = 10_000
 SIZE_SAMPLE = 10_000
-LOGICAL_COLLECTIONS = ("documents", "chat_sessions", "messages")
 
-Raw = dict[str, Any]
-_T = TypeVar("_T")
-# rlm's own field on a document record: the run id of the cleanup that claimed it for expiry.
-CLAIM_FIELD = "rlm_claim"
 # rlm's own collection of per-store leases: two cleanups of one store never run at once.
 LOCKS_COLLECTION = "rlm_locks"
 
@@ -56,17 +61,6 @@ PROJECTION: dict[str, int] = {
     CLAIM_FIELD: 1,
 }
 
-# (field, expected type, required). Missing optional fields read as None; policy decides.
-_FIELDS: tuple[tuple[str, type, bool], ...] = (
-    ("user_id", str, True),
-    ("status", str, False),
-    ("created_at", datetime, True),
-    ("updated_at", datetime, False),
-    ("minio_key", str, False),
-    ("size_bytes", int, False),
-    ("conversation_id", str, False),
-)
-
 
 def connect_mongo(url: str, database: str, timeout: float = 10.0) -> Database[Raw]:
     """A database handle whose server selection, connects and socket reads all time out."""
@@ -80,42 +74,6 @@ def connect_mongo(url: str, database: str, timeout: float = 10.0) -> Database[Ra
         appname="rlm",
     )
     return client[database]
-
-
-def document_record(raw: Mapping[str, Any]) -> DocumentRecord:
-    """The lifecycle view of a raw `documents` record; never raises, names what is wrong."""
-    problems: list[str] = []
-    doc_id = _id_text(raw.get("_id"), problems)
-    values = {name: _typed(raw, name, kind, required, problems) for name, kind, required in _FIELDS}
-    bucket = _bucket(raw.get("minio_bucket"), problems)
-    file_hash = _file_hash(raw.get("metadata"), problems)
-    created, updated = values["created_at"], values["updated_at"]
-    claim = raw.get(CLAIM_FIELD)
-    return DocumentRecord(
-        id=doc_id,
-        user_id=values["user_id"],
-        status=values["status"],
-        created_at=to_utc(created) if created is not None else None,
-        updated_at=to_utc(updated) if updated is not None else None,
-        minio_bucket=bucket,
-        minio_key=values["minio_key"],
-        size_bytes=values["size_bytes"],
-        conversation_id=values["conversation_id"],
-        file_hash=file_hash,
-        problem="; ".join(problems) or None,
-        oid=isinstance(raw.get("_id"), ObjectId),
-        claim=claim if isinstance(claim, str) else None,
-    )
-
-
-def _bucket(value: Any, problems: list[str]) -> str | None:
-    # SPEC 4.1 (5): a record without a usable bucket names its key in our bucket for protection
-    # (see _names_our_bucket) and is never expired on a guess.
-    if isinstance(value, str) and value:
-        return value
-    shown = '""' if value == "" else _type_name(value)
-    problems.append(f"minio_bucket is {shown}, expected a bucket name")
-    return None
 
 
 def exact_id(doc: DocumentRecord) -> Any:
@@ -136,75 +94,8 @@ def as_read(doc: DocumentRecord) -> Raw:
     }
 
 
-def session_record(raw: Mapping[str, Any]) -> SessionRecord | None:
-    """A session by its exact `_id` and owner; None when `_id` is neither an ObjectId nor a
-    string (it cannot be named exactly)."""
-    session_id = id_text(raw.get("_id"))
-    if session_id is None:
-        return None
-    owner = raw.get("user_id")
-    oid = isinstance(raw.get("_id"), ObjectId)
-    return SessionRecord(session_id, oid, owner if isinstance(owner, str) else None)
-
-
-def message_record(raw: Mapping[str, Any]) -> MessageRecord | None:
-    """A message by its exact `_id` and the session its chat_id names; None when either
-    cannot be read as an id."""
-    message_id, chat_id = id_text(raw.get("_id")), id_text(raw.get("chat_id"))
-    if message_id is None or chat_id is None:
-        return None
-    return MessageRecord(message_id, isinstance(raw.get("_id"), ObjectId), chat_id)
-
-
 def _exact(record_id: str, oid: bool) -> Any:
     return ObjectId(record_id) if oid else record_id
-
-
-def id_text(value: Any) -> str | None:
-    """The string form of an id held as a string or an ObjectId; None for anything else."""
-    if isinstance(value, ObjectId):
-        return str(value)
-    return value if isinstance(value, str) and value else None
-
-
-def _id_text(value: Any, problems: list[str]) -> str:
-    if isinstance(value, ObjectId | str):
-        return str(value)
-    problems.append(f"_id is {_type_name(value)}, expected ObjectId or str")
-    return "" if value is None else str(value)
-
-
-def _typed(
-    raw: Mapping[str, Any], name: str, kind: type, required: bool, problems: list[str]
-) -> Any:
-    value = raw.get(name)
-    if value is None:
-        if required:
-            problems.append(f"{name} is missing")
-        return None
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)  # drivers of other languages write whole numbers as doubles
-    if name == "conversation_id" and isinstance(value, ObjectId):
-        return str(value)  # it names a session, whose _id may be an ObjectId
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    problems.append(f"{name} is {_type_name(value)}, expected {kind.__name__}")
-    return None
-
-
-def _file_hash(metadata: Any, problems: list[str]) -> str | None:
-    # A non-object metadata holds no hash; the projection on metadata.file_hash drops it anyway.
-    if not isinstance(metadata, Mapping):
-        return None
-    value = metadata.get("file_hash")
-    if value is None or isinstance(value, str):
-        return value
-    problems.append(f"metadata.file_hash is {_type_name(value)}, expected str")
-    return None
-
-
-def _type_name(value: Any) -> str:
-    return "missing" if value is None else type(value).__name__
 
 
 def id_candidates(doc_ids: Iterable[str]) -> list[Any]:
@@ -215,36 +106,6 @@ def id_candidates(doc_ids: Iterable[str]) -> list[Any]:
             out.append(ObjectId(doc_id))
         out.append(doc_id)
     return out
-
-
-def new_document_body(doc: NewDocument) -> Raw:
-    """The `documents` record ingest writes, shaped as the RAG app writes it (no _id yet)."""
-    created = naive_utc(doc.created_at)
-    return {
-        "user_id": doc.user_id,
-        "filename": doc.filename,
-        "content_type": doc.content_type,
-        "size_bytes": doc.size_bytes,
-        "minio_bucket": doc.minio_bucket,
-        "minio_key": doc.minio_key,
-        "status": doc.status,
-        "conversation_id": None,
-        "created_at": created,
-        "updated_at": created,
-        "metadata": {"file_hash": doc.file_hash},
-    }
-
-
-def naive_utc(value: datetime) -> datetime:
-    """The naive UTC datetime pymongo stores and returns."""
-    return to_utc(value).replace(tzinfo=None)
-
-
-def chunks(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    """Consecutive lists of at most `size` items."""
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
 
 
 class MongoMetadataStore:
@@ -352,7 +213,7 @@ class MongoMetadataStore:
         """Stream all documents in _id order, `batch_size` per list."""
         with _guard("iter_documents"):
             cursor = self._documents.find({}, PROJECTION).sort("_id", 1).batch_size(batch_size)
-            for batch in chunks(cursor, batch_size):
+            for batch in chunked(cursor, batch_size):
                 yield [document_record(raw) for raw in batch]
 
     def get_documents(self, doc_ids: Sequence[str]) -> dict[str, DocumentRecord]:
@@ -364,7 +225,7 @@ class MongoMetadataStore:
         wanted = set(doc_ids)
         found: list[DocumentRecord] = []
         with _guard("find_documents"):
-            for batch in chunks(wanted, IN_BATCH):
+            for batch in chunked(wanted, IN_BATCH):
                 query = {"_id": {"$in": id_candidates(batch)}}
                 for raw in self._documents.find(query, PROJECTION):
                     record = document_record(raw)
@@ -398,7 +259,7 @@ class MongoMetadataStore:
         """Claim each record only if it is exactly as read; return those now claimed."""
         claimed: list[DocumentRecord] = []
         with _guard("claim_documents"):
-            for batch in chunks(docs, IN_BATCH):
+            for batch in chunked(docs, IN_BATCH):
                 self._documents.update_many(
                     {"$or": [as_read(d) for d in batch]}, {"$set": {CLAIM_FIELD: run_id}}
                 )
@@ -410,12 +271,12 @@ class MongoMetadataStore:
         """Those of docs still claimed by run_id and unchanged since read."""
         ours = [replace(d, claim=run_id) for d in docs]
         with _guard("claimed"):
-            return [d for batch in chunks(ours, IN_BATCH) for d in self._matching(batch)]
+            return [d for batch in chunked(ours, IN_BATCH) for d in self._matching(batch)]
 
     def release_claims(self, docs: Sequence[DocumentRecord], run_id: str) -> None:
         """Drop run_id's claim on these records."""
         with _guard("release_claims"):
-            for batch in chunks(docs, IN_BATCH):
+            for batch in chunked(docs, IN_BATCH):
                 self._documents.update_many(
                     {"_id": {"$in": [exact_id(d) for d in batch]}, CLAIM_FIELD: run_id},
                     {"$unset": {CLAIM_FIELD: ""}},
@@ -426,7 +287,7 @@ class MongoMetadataStore:
         since = naive_utc(active_since)
         found: set[str] = set()
         with _guard("active_references"):
-            for batch in chunks(set(doc_ids), IN_BATCH):
+            for batch in chunked(set(doc_ids), IN_BATCH):
                 found |= self._session_lists_referencing(batch, since)
                 found |= self._messages_referencing(batch, active_since)
                 found |= self._conversations_referencing(batch, active_since)
@@ -440,7 +301,7 @@ class MongoMetadataStore:
         wanted = set(session_ids)
         found: set[str] = set()
         with _guard("active_sessions"):
-            for batch in chunks(wanted, IN_BATCH):
+            for batch in chunked(wanted, IN_BATCH):
                 query = {"_id": {"$in": id_candidates(batch)}, **_active_session(since)}
                 for raw in self._sessions.find(query, {"_id": 1}):
                     found.add(str(raw["_id"]))
@@ -459,7 +320,7 @@ class MongoMetadataStore:
         wanted = set(keys)
         found: set[str] = set()
         with _guard("referenced_object_keys"):
-            for batch in chunks(wanted, KEY_BATCH):
+            for batch in chunked(wanted, KEY_BATCH):
                 query: Raw = {"minio_key": {"$in": batch}, **_names_our_bucket(bucket)}
                 if excluding:
                     query["_id"] = {"$nin": [exact_id(d) for d in excluding]}
@@ -471,7 +332,7 @@ class MongoMetadataStore:
         """Delete exactly these records, each only if still claimed by run_id and as read."""
         deleted = 0
         with _guard("delete_documents"):
-            for batch in chunks(docs, IN_BATCH):
+            for batch in chunked(docs, IN_BATCH):
                 ours = [replace(d, claim=run_id) for d in batch]
                 result = self._documents.delete_many({"$or": [as_read(d) for d in ours]})
                 deleted += result.deleted_count
@@ -497,7 +358,7 @@ class MongoMetadataStore:
         wanted = set(session_ids)
         found: list[SessionRecord] = []
         with _guard("find_sessions"):
-            for batch in chunks(wanted, IN_BATCH):
+            for batch in chunked(wanted, IN_BATCH):
                 query = {"_id": {"$in": id_candidates(batch)}}
                 found.extend(
                     filter(None, map(session_record, self._sessions.find(query, {"user_id": 1})))
@@ -509,7 +370,7 @@ class MongoMetadataStore:
         wanted = set(session_ids)
         found: list[MessageRecord] = []
         with _guard("messages_of_sessions"):
-            for batch in chunks(wanted, IN_BATCH):
+            for batch in chunked(wanted, IN_BATCH):
                 query = {"chat_id": {"$in": id_candidates(batch)}}
                 found.extend(
                     filter(None, map(message_record, self._messages.find(query, {"chat_id": 1})))
@@ -520,7 +381,7 @@ class MongoMetadataStore:
         """Delete exactly these records, each only while its chat_id still names its session."""
         deleted = 0
         with _guard("delete_messages"):
-            for batch in chunks(messages, IN_BATCH):
+            for batch in chunked(messages, IN_BATCH):
                 clauses = [
                     {"_id": _exact(m.id, m.oid), "chat_id": {"$in": id_candidates([m.chat_id])}}
                     for m in batch
@@ -532,7 +393,7 @@ class MongoMetadataStore:
         """Delete exactly these records, each only while its user_id is still this user."""
         deleted = 0
         with _guard("delete_sessions"):
-            for batch in chunks(sessions, IN_BATCH):
+            for batch in chunked(sessions, IN_BATCH):
                 query = {"_id": {"$in": [_exact(s.id, s.oid) for s in batch]}, "user_id": user_id}
                 deleted += self._sessions.delete_many(query).deleted_count
         return deleted
@@ -575,7 +436,7 @@ class MongoMetadataStore:
         if collection not in self._by_logical:
             raise ValueError(f"collection {collection!r} is not one of {LOGICAL_COLLECTIONS}")
         with _guard("insert_raw"):
-            for batch in chunks(docs, IN_BATCH):
+            for batch in chunked(docs, IN_BATCH):
                 # Copies: insert_many would add _id to the caller's dicts.
                 self._by_logical[collection].insert_many([dict(d) for d in batch])
 

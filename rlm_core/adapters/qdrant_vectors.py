@@ -8,12 +8,13 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from rlm_core.batching import chunked
 from rlm_core.ports import PointInfo, PointPin, PointRef, StoreError, VectorPoint
 
 LIFECYCLE_FIELDS = ("session_id", "document_id", "created_at")
@@ -24,8 +25,6 @@ _UPSERT_BATCH = 256
 # Local mode sorts every point id for each scroll page (qdrant_client/local/local_collection.py,
 # `_scroll_by_id`), so a pass costs O(N^2 / page): it reads big pages and yields slices.
 _LOCAL_PAGE = 10_000
-
-_T = TypeVar("_T")
 
 
 class QdrantVectorStore:
@@ -139,7 +138,7 @@ class QdrantVectorStore:
         if not refs or not self._exists():
             return 0
         deleted = 0
-        for chunk in _chunks(refs, _DELETE_BATCH):
+        for chunk in chunked(refs, _DELETE_BATCH):
             if self.scan_deletes:
                 deleted += self._delete_pins_checked(chunk)
             else:
@@ -158,7 +157,7 @@ class QdrantVectorStore:
     def upsert(self, points: Sequence[VectorPoint]) -> None:
         """Write points, waiting until they are applied."""
         with self._errors("upsert"):
-            for chunk in _chunks(points, _UPSERT_BATCH):
+            for chunk in chunked(points, _UPSERT_BATCH):
                 structs = [
                     models.PointStruct(id=p.point_id, vector=list(p.vector), payload=p.payload)
                     for p in chunk
@@ -208,7 +207,7 @@ class QdrantVectorStore:
             yield from self._scroll(_LOCAL_PAGE, list(LIFECYCLE_FIELDS))
             return
         for field, ids in wanted.items():
-            for batch in _chunks(sorted(ids), _DOCUMENT_BATCH):
+            for batch in chunked(sorted(ids), _DOCUMENT_BATCH):
                 match = models.FieldCondition(key=field, match=models.MatchAny(any=list(batch)))
                 yield from self._scroll(1000, list(LIFECYCLE_FIELDS), models.Filter(must=[match]))
 
@@ -244,7 +243,7 @@ class QdrantVectorStore:
         if not points or not self._exists():
             return 0
         deleted = 0
-        for chunk in _chunks(points, _DELETE_BATCH):
+        for chunk in chunked(points, _DELETE_BATCH):
             if self.scan_deletes:
                 deleted += self._delete_checked(chunk, created_before)
             else:
@@ -414,8 +413,3 @@ def _still_as_judged(payload: dict[str, Any], ref: PointRef, created_before: flo
         and not isinstance(created, bool)
         and created < created_before
     )
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

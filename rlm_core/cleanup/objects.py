@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from rlm_core.audit import AuditEntry
-from rlm_core.cleanup.context import Sweep, chunked
+from rlm_core.batching import chunked
+from rlm_core.cleanup.context import Sweep
+from rlm_core.domain import MINIO
 from rlm_core.policy import object_is_old, object_key_problem
 from rlm_core.ports import ObjectInfo
 
@@ -24,7 +26,7 @@ def sweep_orphan_objects(sweep: Sweep) -> None:
         if not object_is_old(obj, sweep.retention):
             continue
         if object_key_problem(obj.key) is not None:
-            sweep.report.add_skipped("minio")  # not deletable safely by name
+            sweep.report.add_skipped(MINIO)  # not deletable safely by name
             continue
         window.append(obj)
         if len(window) == REFERENCE_WINDOW:
@@ -58,11 +60,11 @@ def _delete_batch(sweep: Sweep, orphans: list[ObjectInfo]) -> None:
     # thousands behind it.
     sweep.audit.record([_entry(sweep, o) for o in orphans])
     if sweep.dry_run:
-        sweep.report.add_deleted("minio", len(orphans), sum(o.size for o in orphans))
+        sweep.report.add_deleted(MINIO, len(orphans), sum(o.size for o in orphans))
         return
     failed = set(sweep.stores.objects().remove([o.key for o in orphans]))
     done = [o for o in orphans if o.key not in failed]
-    sweep.report.add_deleted("minio", len(done), sum(o.size for o in done))
+    sweep.report.add_deleted(MINIO, len(done), sum(o.size for o in done))
     if failed:
         sweep.report.errors.append(f"minio: {len(failed)} object(s) could not be deleted")
 
@@ -78,7 +80,7 @@ def _refuse(sweep: Sweep) -> None:
 
 def _entry(sweep: Sweep, obj: ObjectInfo) -> AuditEntry:
     return AuditEntry(
-        store="minio",
+        store=MINIO,
         action="delete_orphan_object",
         target=obj.key,
         size_bytes=obj.size,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from rlm_core.audit import AuditEntry
 from rlm_core.cleanup.context import Sweep
+from rlm_core.domain import QDRANT
 from rlm_core.policy import PointEvidence, PointVerdict, is_upload_session, point_evidence
 from rlm_core.ports import PointInfo, PointRef
 
@@ -47,7 +48,7 @@ def _old_points(sweep: Sweep, page: list[PointInfo]) -> list[PointEvidence]:
             continue  # the cascade of this dry run counted it already
         verdict, evidence = point_evidence(point, sweep.retention.active_since)
         if verdict is PointVerdict.UNKNOWN:
-            sweep.report.add_unknown("qdrant")
+            sweep.report.add_unknown(QDRANT)
         elif evidence is not None:
             old.append(evidence)
     return old
@@ -64,7 +65,7 @@ def _doomed(sweep: Sweep, old: list[PointEvidence]) -> list[tuple[PointEvidence,
     judged = [p for p in old if p.document_id in existing]
     for point in judged:
         if point.session_id is None:
-            sweep.report.add_unknown("qdrant")  # the session rule needs a session_id
+            sweep.report.add_unknown(QDRANT)  # the session rule needs a session_id
     judged = [
         p
         for p in judged
@@ -105,12 +106,12 @@ def _delete(sweep: Sweep, doomed: list[tuple[PointEvidence, str]]) -> None:
     else:
         refs = [PointRef(p.point_id, p.session_id, p.document_id) for p, _ in doomed]
         deleted = vectors.delete_points(refs, sweep.retention.active_since.timestamp())
-    sweep.report.add_deleted("qdrant", deleted, deleted * point_bytes)
+    sweep.report.add_deleted(QDRANT, deleted, deleted * point_bytes)
 
 
 def _entry(point: PointEvidence, reason: str, point_bytes: int) -> AuditEntry:
     return AuditEntry(
-        store="qdrant",
+        store=QDRANT,
         action="delete_points",
         target=point.point_id,
         size_bytes=point_bytes,

@@ -18,7 +18,7 @@ import redis
 
 from rlm_core.adapters.redis_cache import RedisCacheStore, connect_redis
 from rlm_core.clock import FakeClock
-from rlm_core.ports import CacheKey, CacheSeed, NotOursError, StoreError
+from rlm_core.ports import CacheKey, NotOursError, StoreError
 from tests.fakes import MemoryCache, MemoryRedis
 from tests.services import free_port
 
@@ -125,26 +125,6 @@ def test_unlink_idle_respects_idle_time_and_ttl(cache: Harness) -> None:
     assert cache.store.unlink_idle(keys, 10**9) == {}
     assert set(cache.store.unlink_idle(keys, 0)) == {b"cache:idle"}
     assert cache.store.existing(keys) == [b"cache:ttl"]
-
-
-def test_seed_backdates_idle_time_and_sets_ttl(cache: Harness) -> None:
-    cache.store.seed(
-        [
-            CacheSeed(b"cache:old", b"v", None, idle_seconds=7200),
-            CacheSeed(b"cache:new", b"v", None),
-            CacheSeed(b"cache:ttl", b"v", 600, idle_seconds=7200),
-            CacheSeed(b"blacklist:seeded", b"v", None, idle_seconds=7200),
-        ]
-    )
-    keys = scanned(cache.store)
-    assert (keys[b"cache:old"].ttl_seconds, keys[b"cache:new"].ttl_seconds) == (-1, -1)
-    assert (keys[b"cache:old"].idle_seconds or 0) >= 7200
-    assert (keys[b"cache:new"].idle_seconds or 0) < 60
-    assert 0 < keys[b"cache:ttl"].ttl_seconds <= 600
-    assert cache.raw.get(b"blacklist:seeded") == b"v"
-    everything = [b"cache:old", b"cache:new", b"cache:ttl"]
-    assert set(cache.store.unlink_idle(everything, 3600)) == {b"cache:old"}
-    cache.raw.delete(b"blacklist:seeded")
 
 
 def test_expire_if_persistent_only_sets_missing_ttls(cache: Harness) -> None:

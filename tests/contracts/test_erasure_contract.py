@@ -18,6 +18,7 @@ from rlm_core.adapters.mongo_metadata import MongoMetadataStore
 from rlm_core.adapters.qdrant_vectors import QdrantVectorStore
 from rlm_core.adapters.sqlite_metadata import SqliteMetadataStore
 from rlm_core.ports import MessageRecord, MetadataStore, PointPin, SessionRecord, VectorPoint
+from rlm_core.seeding import metadata_seeder, vector_seeder
 
 AT = datetime(2025, 1, 20, 14, 30)
 OID = "65a1b2c3d4e5f60718293a4b"  # an ObjectId's hex, also used as a plain string id
@@ -59,7 +60,7 @@ def message(message_id: Any, chat_id: Any) -> dict[str, Any]:
 
 def test_documents_of_user_is_an_exact_string_match(store: MetadataStore) -> None:
     ours = [ObjectId(), ObjectId()]
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [
             doc(ours[0], "alice"),
@@ -77,7 +78,7 @@ def test_documents_of_user_is_an_exact_string_match(store: MetadataStore) -> Non
 
 
 def test_sessions_of_user_and_find_sessions_name_exact_ids(store: MetadataStore) -> None:
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "chat_sessions",
         [
             session("s-alice", "alice"),
@@ -102,7 +103,7 @@ def test_sessions_of_user_and_find_sessions_name_exact_ids(store: MetadataStore)
 
 def test_messages_of_sessions_read_string_and_objectid_chat_ids(store: MetadataStore) -> None:
     m1, m2, m3 = ObjectId(), ObjectId(), ObjectId()
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "messages",
         [
             message(m1, "s-alice"),
@@ -119,7 +120,9 @@ def test_messages_of_sessions_read_string_and_objectid_chat_ids(store: MetadataS
 
 def test_delete_messages_takes_exact_ids_still_in_their_session(store: MetadataStore) -> None:
     kept, gone = ObjectId(), ObjectId()
-    store.insert_raw("messages", [message(kept, "s-bob"), message(gone, "s-alice")])
+    metadata_seeder(store).insert_raw(
+        "messages", [message(kept, "s-bob"), message(gone, "s-alice")]
+    )
     moved = MessageRecord(str(kept), True, "s-alice")  # read in alice's session, now bob's
     twin = MessageRecord(str(gone), False, "s-alice")  # the string twin of an ObjectId id
     assert store.delete_messages([moved, twin]) == 0
@@ -128,7 +131,7 @@ def test_delete_messages_takes_exact_ids_still_in_their_session(store: MetadataS
 
 
 def test_delete_sessions_takes_exact_ids_still_of_the_user(store: MetadataStore) -> None:
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "chat_sessions",
         [session(ObjectId(OID), "alice"), session(OID, "bob"), session("s-x", "bob")],
     )
@@ -170,7 +173,7 @@ def test_points_of_finds_by_document_or_session_exactly(vectors: QdrantVectorSto
     both = point("c", "d1", "s1")
     listed = point("d", ["d1"], ["s1"])  # a list is no exact match
     foreign = point("e", "d2", "s2")
-    vectors.upsert([by_doc, by_session, both, listed, foreign])
+    vector_seeder(vectors).upsert([by_doc, by_session, both, listed, foreign])
     found = vectors.points_of(["d1"], ["s1"])
     assert {p.point_id for p in found} == ids(by_doc, by_session, both)
     assert len(found) == 3
@@ -181,7 +184,7 @@ def test_delete_pinned_goes_only_while_every_pin_holds(vectors: QdrantVectorStor
     doc_pinned = point("a", "d1", "s9")
     session_pinned = point("b", None, "s1")
     both_pinned = point("c", "d3", "s1")
-    vectors.upsert([doc_pinned, session_pinned, both_pinned])
+    vector_seeder(vectors).upsert([doc_pinned, session_pinned, both_pinned])
     stale = [
         PointPin(doc_pinned.point_id, None, "d-other"),
         PointPin(session_pinned.point_id, "s-other", None),

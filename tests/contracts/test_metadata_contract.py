@@ -32,6 +32,7 @@ from rlm_core.ports import (
     StoreError,
     Touch,
 )
+from rlm_core.seeding import metadata_seeder
 from tests.fakes import MemoryMetadata, MemoryMongo
 from tests.services import free_port
 
@@ -121,7 +122,7 @@ def _twins(
 ) -> tuple[DocumentRecord, DocumentRecord]:
     """Two records with the same hex, `_id` as an ObjectId and as the string (SPEC 4.1 (6))."""
     hex_id = str(ObjectId())
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [_raw_doc(ObjectId(hex_id), minio_key=oid_key), _raw_doc(hex_id, minio_key=str_key)],
     )
@@ -131,7 +132,7 @@ def _twins(
 def _pair(store: MetadataStore) -> tuple[DocumentRecord, DocumentRecord]:
     """Two ordinary records, as read."""
     first, second = ObjectId(), ObjectId()
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [_raw_doc(first, minio_key="k/1.pdf"), _raw_doc(second, minio_key="k/2.pdf")],
     )
@@ -145,10 +146,10 @@ def _link(store: MetadataStore, path: str, doc_id: str, session_id: str, at: dat
         fields["documents"] = [{"doc_id": doc_id, "filename": "a.pdf"}]
     elif path == "attached_file_ids":
         fields["attached_file_ids"] = [doc_id]
-    store.insert_raw("chat_sessions", [_session(session_id, at, **fields)])
+    metadata_seeder(store).insert_raw("chat_sessions", [_session(session_id, at, **fields)])
     if path == "messages":
         message = {"chat_id": session_id, "file_ids": [doc_id], "created_at": at}
-        store.insert_raw("messages", [message])
+        metadata_seeder(store).insert_raw("messages", [message])
 
 
 # ---------------------------------------------------------------- insert and dedup
@@ -186,7 +187,7 @@ def test_same_hash_for_another_user_is_allowed(store: MetadataStore) -> None:
 
 
 def test_documents_without_a_hash_never_collide(store: MetadataStore) -> None:
-    store.insert_raw("documents", [_raw_doc(), _raw_doc(), _raw_doc(metadata={})])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc(), _raw_doc(), _raw_doc(metadata={})])
     assert store.stats().total_items == 3
 
 
@@ -221,7 +222,7 @@ def test_relink_document_points_at_the_new_object(
 
 
 def test_touch_document_finds_legacy_string_ids(store: MetadataStore) -> None:
-    store.insert_raw("documents", [_raw_doc("legacy-1")])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc("legacy-1")])
     assert store.touch_document(_read(store, "legacy-1", oid=False), NOW) is Touch.TOUCHED
     assert store.get_documents(["legacy-1"])["legacy-1"].updated_at == NOW
 
@@ -236,7 +237,7 @@ def test_touch_and_relink_of_a_gone_record(store: MetadataStore) -> None:
 
 def test_get_documents_returns_only_existing_ids(store: MetadataStore) -> None:
     oid = ObjectId()
-    store.insert_raw("documents", [_raw_doc(oid), _raw_doc("legacy-2")])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc(oid), _raw_doc("legacy-2")])
     found = store.get_documents([str(oid), "legacy-2", str(ObjectId()), "nope", str(oid)])
     assert set(found) == {str(oid), "legacy-2"}
     assert found[str(oid)].id == str(oid)
@@ -247,7 +248,7 @@ def test_get_documents_returns_only_existing_ids(store: MetadataStore) -> None:
 def test_iter_documents_batches_every_document_once(store: MetadataStore) -> None:
     assert list(store.iter_documents(3)) == []
     ids = [ObjectId() for _ in range(10)]
-    store.insert_raw("documents", [_raw_doc(i) for i in ids])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc(i) for i in ids])
     batches = list(store.iter_documents(3))
     assert [len(b) for b in batches] == [3, 3, 3, 1]
     seen = [r.id for b in batches for r in b]
@@ -258,7 +259,7 @@ def test_iter_documents_batches_every_document_once(store: MetadataStore) -> Non
 def test_malformed_documents_surface_with_a_problem(store: MetadataStore) -> None:
     missing_created = _raw_doc("no-created")
     del missing_created["created_at"]
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [
             missing_created,
@@ -285,7 +286,7 @@ def test_malformed_documents_surface_with_a_problem(store: MetadataStore) -> Non
 
 def test_find_documents_returns_every_id_form_once(store: MetadataStore) -> None:
     hex_id, new_id = str(ObjectId()), store.insert_document(_new())
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents", [_raw_doc(ObjectId(hex_id)), _raw_doc(hex_id), _raw_doc("legacy")]
     )
     found = store.find_documents([hex_id, "legacy", new_id, "nope", str(ObjectId()), hex_id])
@@ -328,7 +329,7 @@ def test_bucket_rule_protects_and_flags_records_without_a_usable_bucket(
         del raw["minio_bucket"]
     else:
         raw["minio_bucket"] = bucket
-    store.insert_raw("documents", [raw])
+    metadata_seeder(store).insert_raw("documents", [raw])
     (record,) = store.find_documents([str(raw["_id"])])
     keys = ["k/shared.pdf", "k/else.pdf"]
     assert store.referenced_object_keys("documents", keys) == ({"k/shared.pdf"} if ours else set())
@@ -347,7 +348,7 @@ def test_bucket_rule_protects_and_flags_records_without_a_usable_bucket(
 def test_active_references_follow_each_path(store: MetadataStore, path: str) -> None:
     live, stale, lone = (str(ObjectId()) for _ in range(3))
     sessions = {live: "s-active", stale: "s-stale"}
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [
             _raw_doc(ObjectId(d), conversation_id=sessions.get(d) if path == PATHS[3] else None)
@@ -364,20 +365,22 @@ def test_active_references_follow_each_path(store: MetadataStore, path: str) -> 
 
 def test_active_references_cross_in_batches(store: MetadataStore) -> None:
     ids = [str(ObjectId()) for _ in range(2500)]
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "chat_sessions",
         [
             _session("s1", ACTIVE_AT, attached_file_ids=[ids[5], ids[1500]]),
             _session("s2", ACTIVE_AT, documents=[{"doc_id": ids[2400]}]),
         ],
     )
-    store.insert_raw("messages", [{"chat_id": "s1", "file_ids": [ids[2499], "other"]}])
+    metadata_seeder(store).insert_raw(
+        "messages", [{"chat_id": "s1", "file_ids": [ids[2499], "other"]}]
+    )
     assert store.active_references(ids, SINCE) == {ids[5], ids[1500], ids[2400], ids[2499]}
 
 
 def test_messy_sessions_and_messages_never_crash(store: MetadataStore) -> None:
     a, b, c, d, e = (str(ObjectId()) for _ in range(5))
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "chat_sessions",
         [
             _session("m1", ACTIVE_AT, documents="junk", attached_file_ids=None),
@@ -387,7 +390,7 @@ def test_messy_sessions_and_messages_never_crash(store: MetadataStore) -> None:
             _session("m5", ACTIVE_AT, attached_file_ids=e),  # a lone string matches, as in Mongo
         ],
     )
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "messages",
         [{"chat_id": 5, "file_ids": [d]}, {"chat_id": "m1"}, {"chat_id": "m1", "file_ids": 3}],
     )
@@ -396,7 +399,7 @@ def test_messy_sessions_and_messages_never_crash(store: MetadataStore) -> None:
 
 
 def test_active_sessions(store: MetadataStore) -> None:
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "chat_sessions",
         [
             _session("s-active", ACTIVE_AT),
@@ -416,7 +419,7 @@ def test_active_sessions(store: MetadataStore) -> None:
 def test_referenced_object_keys(store: MetadataStore) -> None:
     no_bucket = _raw_doc(minio_key="k2")
     del no_bucket["minio_bucket"]
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [
             _raw_doc(minio_key="k1"),
@@ -436,7 +439,7 @@ def test_referenced_object_keys(store: MetadataStore) -> None:
 
 def test_referenced_object_keys_leaves_out_excluded_documents(store: MetadataStore) -> None:
     first, second, legacy = ObjectId(), ObjectId(), "legacy-string-id"
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [
             _raw_doc(first, minio_key="k1"),
@@ -486,16 +489,18 @@ def test_every_reference_form_protects(store: MetadataStore, form: Form, session
         session = str(ObjectId())
         fields, messages, doc_fields = form(doc_id, session)
         session_id = ObjectId(session) if session_oid else session
-        store.insert_raw("chat_sessions", [_session(session_id, at, **fields)])
-        store.insert_raw("messages", messages)
-        store.insert_raw("documents", [_raw_doc(ObjectId(doc_id), **doc_fields)])
-    store.insert_raw("documents", [_raw_doc(ObjectId(lone))])
+        metadata_seeder(store).insert_raw("chat_sessions", [_session(session_id, at, **fields)])
+        metadata_seeder(store).insert_raw("messages", messages)
+        metadata_seeder(store).insert_raw("documents", [_raw_doc(ObjectId(doc_id), **doc_fields)])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc(ObjectId(lone))])
     assert store.active_references([live, stale, lone], SINCE) == {live}
 
 
 def test_active_sessions_read_object_id_session_ids(store: MetadataStore) -> None:
     active, stale = ObjectId(), ObjectId()
-    store.insert_raw("chat_sessions", [_session(active, ACTIVE_AT), _session(stale, STALE_AT)])
+    metadata_seeder(store).insert_raw(
+        "chat_sessions", [_session(active, ACTIVE_AT), _session(stale, STALE_AT)]
+    )
     assert store.active_sessions([str(active), str(stale), "nope"], SINCE) == {str(active)}
 
 
@@ -558,7 +563,7 @@ def test_claims_records_missing_optional_fields(store: MetadataStore) -> None:
     bare = _raw_doc()
     for field in ("updated_at", "status", "minio_key"):
         del bare[field]
-    store.insert_raw("documents", [bare])
+    metadata_seeder(store).insert_raw("documents", [bare])
     record = _read(store, str(bare["_id"]))
     assert (record.updated_at, record.status, record.minio_key) == (None, None, None)
     claimed = store.claim_documents([record], "run-1")
@@ -668,10 +673,10 @@ def test_claims_touches_and_relinks_hold_one_twin_only(store: MetadataStore) -> 
 
 def test_check_references_passes_when_sources_are_readable(store: MetadataStore) -> None:
     store.check_references()
-    store.insert_raw("documents", [_raw_doc()])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc()])
     store.check_references()
-    store.insert_raw("chat_sessions", [_session("s1", ACTIVE_AT)])
-    store.insert_raw("messages", [{"chat_id": "s1", "file_ids": []}])
+    metadata_seeder(store).insert_raw("chat_sessions", [_session("s1", ACTIVE_AT)])
+    metadata_seeder(store).insert_raw("messages", [{"chat_id": "s1", "file_ids": []}])
     store.check_references()
 
 
@@ -681,7 +686,7 @@ def test_check_references_passes_when_sources_are_readable(store: MetadataStore)
 def test_delete_documents_is_idempotent(store: MetadataStore) -> None:
     first = store.insert_document(_new("u1"))
     second = store.insert_document(_new("u2"))
-    store.insert_raw("documents", [_raw_doc("legacy-3"), _raw_doc()])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc("legacy-3"), _raw_doc()])
     read = [_read(store, first), _read(store, second), _read(store, "legacy-3", oid=False)]
     claimed = store.claim_documents([*read, _gone(str(ObjectId()), oid=True)], "run-1")
     assert [d.identity for d in claimed] == [d.identity for d in read]
@@ -697,7 +702,7 @@ def test_stats_counts_and_oldest(store: MetadataStore) -> None:
     assert store.stats().oldest_created_at is None
     missing = _raw_doc()
     del missing["created_at"]
-    store.insert_raw(
+    metadata_seeder(store).insert_raw(
         "documents",
         [
             _raw_doc(created_at=datetime(2024, 3, 1)),
@@ -711,33 +716,8 @@ def test_stats_counts_and_oldest(store: MetadataStore) -> None:
     assert stats.size_bytes > 0
     assert stats.oldest_created_at == datetime(2023, 6, 15, 8, 0, 0, 250000, tzinfo=UTC)
     assert not stats.sampled
-    store.insert_raw("documents", [_raw_doc(filename="x" * 10_000)])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc(filename="x" * 10_000)])
     assert store.stats().size_bytes > stats.size_bytes + 10_000
-
-
-def test_insert_raw_round_trips_mongo_shapes(store: MetadataStore) -> None:
-    oid = ObjectId()
-    raw = _raw_doc(oid, created_at=datetime(2024, 5, 6, 7, 8, 9, 10000), updated_at=None)
-    store.insert_raw("documents", [raw])
-    assert raw["_id"] == oid
-    record = store.get_documents([str(oid)])[str(oid)]
-    assert record.id == str(oid)
-    assert record.created_at == datetime(2024, 5, 6, 7, 8, 9, 10000, tzinfo=UTC)
-    assert record.updated_at is None
-    assert record.problem is None
-    session = _session("8c1d7a0e-5d3b-4f8e-9a51-0f9a1c2b3d4e", ACTIVE_AT)
-    messages = [{"chat_id": session["_id"], "file_ids": [str(oid)]}]
-    store.insert_raw("chat_sessions", [session])
-    store.insert_raw("messages", messages)
-    assert "_id" not in messages[0]  # the caller's dicts are not changed
-    assert store.active_sessions([session["_id"]], SINCE) == {session["_id"]}
-    assert store.active_references([str(oid)], SINCE) == {str(oid)}
-
-
-def test_insert_raw_rejects_unknown_collections(store: MetadataStore) -> None:
-    with pytest.raises(ValueError, match="users"):
-        store.insert_raw("users", [{"_id": "x"}])
-    store.insert_raw("messages", [])
 
 
 # ---------------------------------------------------------------- Mongo adapter only
@@ -756,8 +736,8 @@ def test_mongo_indexes(mongo_db: Database[Any]) -> None:
 
 def test_mongo_configured_collection_names(mongo_db: Database[Any]) -> None:
     store = MongoMetadataStore(mongo_db, documents="docs", sessions="chats", messages="msgs")
-    store.insert_raw("chat_sessions", [_session("s1", ACTIVE_AT)])
-    store.insert_raw("documents", [_raw_doc("d1")])
+    metadata_seeder(store).insert_raw("chat_sessions", [_session("s1", ACTIVE_AT)])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc("d1")])
     assert mongo_db["chats"].count_documents({}) == 1
     assert mongo_db["docs"].count_documents({}) == 1
     assert store.active_sessions(["s1"], SINCE) == {"s1"}
@@ -766,7 +746,7 @@ def test_mongo_configured_collection_names(mongo_db: Database[Any]) -> None:
 def test_mongo_size_is_exact_bson_bytes_without_collstats(mongo_db: Database[Any]) -> None:
     store = MongoMetadataStore(mongo_db)
     docs = [_raw_doc() for _ in range(5)]
-    store.insert_raw("documents", docs)
+    metadata_seeder(store).insert_raw("documents", docs)
     exact = sum(len(bson.encode(d)) for d in mongo_db["documents"].find({}))
     assert (store.stats().size_bytes, store.stats().sampled) == (exact, False)
 
@@ -776,7 +756,7 @@ def test_mongo_size_is_sampled_past_the_limit(
 ) -> None:
     monkeypatch.setattr(mongo_metadata, "SIZE_SAMPLE", 5)
     store = MongoMetadataStore(mongo_db)
-    store.insert_raw("documents", [_raw_doc() for _ in range(40)])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc() for _ in range(40)])
     exact = sum(len(bson.encode(d)) for d in mongo_db["documents"].find({}))
     stats = store.stats()
     assert stats.sampled
@@ -817,7 +797,7 @@ def test_mongo_missing_reference_collection_refuses_naming_the_setting(
     names = {"sessions": "chat_sessions", "messages": "messages", missing: "misnamed"}
     store = MongoMetadataStore(mongo_db, sessions=names["sessions"], messages=names["messages"])
     store.check_references()  # no documents: nothing could be judged unreferenced
-    store.insert_raw("documents", [_raw_doc()])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc()])
     with pytest.raises(ReferencesUnknownError, match=setting) as caught:
         store.check_references()
     assert isinstance(caught.value, StoreError)
@@ -833,7 +813,7 @@ def test_mongo_unreadable_reference_collection_refuses_naming_the_setting(
     mongo_db: Database[Any], monkeypatch: pytest.MonkeyPatch, collection: str, setting: str
 ) -> None:
     store = MongoMetadataStore(mongo_db)
-    store.insert_raw("documents", [_raw_doc()])
+    metadata_seeder(store).insert_raw("documents", [_raw_doc()])
     find_one = mongomock.Collection.find_one
 
     def refuse(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -968,7 +948,9 @@ def test_sqlite_migrates_a_v1_file_to_exact_ids(tmp_path: Path) -> None:
         with pytest.raises(DuplicateDocumentError):
             store.insert_document(_new())
         # The twin v1 could not hold: ObjectId(h) and "h" are two records now.
-        store.insert_raw("documents", [_raw_doc(as_oid), _raw_doc(ObjectId(as_hex))])
+        metadata_seeder(store).insert_raw(
+            "documents", [_raw_doc(as_oid), _raw_doc(ObjectId(as_hex))]
+        )
         assert {r.identity for r in store.find_documents([as_oid, as_hex])} == {
             (as_oid, True),
             (as_oid, False),
@@ -1001,7 +983,7 @@ def test_sqlite_unreadable_reference_table_refuses(tmp_path: Path) -> None:
     path = tmp_path / "metadata.sqlite3"
     store = SqliteMetadataStore(path)
     try:
-        store.insert_raw("documents", [_raw_doc()])
+        metadata_seeder(store).insert_raw("documents", [_raw_doc()])
         with closing(sqlite3.connect(path)) as conn:
             conn.execute("DROP TABLE messages")
             conn.commit()

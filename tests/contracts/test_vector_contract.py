@@ -22,6 +22,7 @@ from qdrant_client import QdrantClient, models
 from rlm_core.adapters import qdrant_vectors
 from rlm_core.adapters.qdrant_vectors import QdrantVectorStore, connect_qdrant
 from rlm_core.ports import PointInfo, PointRef, StoreError, VectorPoint
+from rlm_core.seeding import vector_seeder
 from tests.fakes import MemoryQdrant, MemoryVectors
 
 COLLECTION = "rag_documents"
@@ -90,7 +91,7 @@ def test_missing_collection_reads_as_empty(vectors: QdrantVectorStore) -> None:
 
 def test_ensure_collection_is_idempotent(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
-    vectors.upsert([point("d1", 0)])
+    vector_seeder(vectors).upsert([point("d1", 0)])
     vectors.ensure_collection()
     assert vectors.count() == 1
 
@@ -98,7 +99,7 @@ def test_ensure_collection_is_idempotent(vectors: QdrantVectorStore) -> None:
 def test_iter_points_pages_through_everything(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
     planted = [point(f"d{i // 10}", i % 10) for i in range(1000)]
-    vectors.upsert(planted)
+    vector_seeder(vectors).upsert(planted)
     batches = list(vectors.iter_points(128))
     assert len(batches) == 8
     assert all(0 < len(b) <= 128 for b in batches)
@@ -111,7 +112,7 @@ def test_iter_points_returns_lifecycle_payload_raw(vectors: QdrantVectorStore) -
     vectors.ensure_collection()
     good, bad = point("d1", 0, created_at=1700000000.5), point(123, 1, session_id=None)
     bare = VectorPoint(str(uuid.uuid4()), [0.5] * SIZE, {})
-    vectors.upsert([good, bad, bare])
+    vector_seeder(vectors).upsert([good, bad, bare])
     found = {p.point_id: p for p in all_points(vectors)}
     assert found[good.point_id] == PointInfo(good.point_id, "s1", "d1", 1700000000.5)
     assert (found[bad.point_id].session_id, found[bad.point_id].document_id) == (None, 123)
@@ -120,7 +121,7 @@ def test_iter_points_returns_lifecycle_payload_raw(vectors: QdrantVectorStore) -
 
 def test_payload_size_only_when_asked(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
-    vectors.upsert([point("d1", 0, text="x" * 500)])
+    vector_seeder(vectors).upsert([point("d1", 0, text="x" * 500)])
     assert all_points(vectors)[0].payload_bytes is None
     assert (all_points(vectors, with_payload_size=True)[0].payload_bytes or 0) > 500
 
@@ -142,7 +143,7 @@ def test_point_bytes_come_from_the_collection_config(
 def test_points_for_documents_groups_point_ids_by_document(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
     planted = [point(f"d{d}", c, session_id=f"s{c}") for d in range(4) for c in range(3)]
-    vectors.upsert(planted)
+    vector_seeder(vectors).upsert(planted)
     found = vectors.points_for_documents(["d1", "d3", "nope", "d1"])
     assert set(found) == {"d1", "d3"}
     for doc in ("d1", "d3"):
@@ -165,7 +166,7 @@ def test_points_for_documents_match_strings_exactly(vectors: QdrantVectorStore) 
         point("12", 9),
         point(None, 10),
     ]
-    vectors.upsert([*target, *others])
+    vector_seeder(vectors).upsert([*target, *others])
     found = vectors.points_for_documents(["123", "d9"])
     assert set(found) == {"123"}
     assert sorted(found["123"]) == sorted(p.point_id for p in target)
@@ -173,7 +174,9 @@ def test_points_for_documents_match_strings_exactly(vectors: QdrantVectorStore) 
 
 def test_delete_for_documents_removes_only_those_documents(vectors: QdrantVectorStore) -> None:
     vectors.ensure_collection()
-    vectors.upsert([point(f"d{d}", c, session_id=f"s{d % 2}") for d in range(6) for c in range(3)])
+    vector_seeder(vectors).upsert(
+        [point(f"d{d}", c, session_id=f"s{d % 2}") for d in range(6) for c in range(3)]
+    )
     refs = refs_for(vectors, ["d1", "d4", "nope"])
     assert len(refs) == 6
     assert vectors.delete_for_documents(refs) == 6
@@ -185,10 +188,10 @@ def test_delete_for_documents_removes_only_those_documents(vectors: QdrantVector
 def test_delete_for_documents_removes_only_the_listed_points(vectors: QdrantVectorStore) -> None:
     # A point written for the document after its points were read is not in the judgement.
     vectors.ensure_collection()
-    vectors.upsert([point("d1", 0), point("d1", 1)])
+    vector_seeder(vectors).upsert([point("d1", 0), point("d1", 1)])
     refs = refs_for(vectors, ["d1"])
     late = point("d1", 2)
-    vectors.upsert([late])
+    vector_seeder(vectors).upsert([late])
     assert vectors.delete_for_documents(refs) == 2
     assert [p.point_id for p in all_points(vectors)] == [late.point_id]
 
@@ -199,9 +202,9 @@ def test_delete_for_documents_keeps_a_point_whose_document_changed(
 ) -> None:
     vectors.ensure_collection()
     moved, stays = point("d1", 0), point("d1", 1)
-    vectors.upsert([moved, stays])
+    vector_seeder(vectors).upsert([moved, stays])
     refs = refs_for(vectors, ["d1"])
-    vectors.upsert(
+    vector_seeder(vectors).upsert(
         [VectorPoint(moved.point_id, moved.vector, {**moved.payload, "document_id": changed_to})]
     )
     assert vectors.delete_for_documents(refs) == 1
@@ -213,7 +216,7 @@ def test_document_deletes_span_several_batches(
 ) -> None:
     monkeypatch.setattr(qdrant_vectors, "_DELETE_BATCH", 64)
     vectors.ensure_collection()
-    vectors.upsert([point(f"d{i}", 0) for i in range(600)])
+    vector_seeder(vectors).upsert([point(f"d{i}", 0) for i in range(600)])
     doomed = [f"d{i}" for i in range(0, 600, 2)]
     refs = refs_for(vectors, doomed)
     assert len(refs) == 300
@@ -228,7 +231,7 @@ def test_delete_points_removes_only_judged_old_points(vectors: QdrantVectorStore
     young = point("d1", 1, "s1", created_at=now)
     unjudged = point("d1", 2, "s1", created_at=now - 100)
     other_pair = point("d1", 3, "s2", created_at=now - 100)
-    vectors.upsert([*old, young, unjudged, other_pair])
+    vector_seeder(vectors).upsert([*old, young, unjudged, other_pair])
     assert vectors.delete_points(refs_of([*old, young]), now) == 2
     left = {p.point_id for p in all_points(vectors)}
     assert left == {young.point_id, unjudged.point_id, other_pair.point_id}
@@ -243,7 +246,7 @@ def test_delete_points_without_a_session_checks_only_the_document(
     vectors.ensure_collection()
     old = time.time() - 100
     points = [point("d1", 0, 5, created_at=old), point("d1", 1, None, created_at=old)]
-    vectors.upsert(points)
+    vector_seeder(vectors).upsert(points)
     refs = [PointRef(p.point_id, None, "d1") for p in points]
     assert vectors.delete_points(refs, old + 1) == 2
     assert vectors.count() == 0
@@ -294,10 +297,10 @@ def _changed_point_stays(
     now = time.time()
     old = now - 3600
     changed, doomed = point("d1", 0, "s1", created_at=old), point("d1", 1, "s1", created_at=old)
-    vectors.upsert([changed, doomed])
+    vector_seeder(vectors).upsert([changed, doomed])
     refs = refs_of([changed, doomed])
     payload = {**changed.payload, **change(now, old)}
-    vectors.upsert([VectorPoint(changed.point_id, changed.vector, payload)])
+    vector_seeder(vectors).upsert([VectorPoint(changed.point_id, changed.vector, payload)])
     assert vectors.delete_points(refs, now - 60) == 1
     assert [p.point_id for p in all_points(vectors)] == [changed.point_id]
 
@@ -310,7 +313,7 @@ def test_deletes_page_through_the_collection(
     monkeypatch.setattr(qdrant_vectors, "_DELETE_BATCH", 5)
     vectors.ensure_collection()
     planted = [point(f"d{i % 40}", i, f"s{i % 3}", created_at=1.0) for i in range(120)]
-    vectors.upsert(planted)
+    vector_seeder(vectors).upsert(planted)
     doomed = planted[::2]
     assert vectors.delete_points(refs_of(doomed), 2.0) == 60
     assert {p.point_id for p in all_points(vectors)} == {p.point_id for p in planted[1::2]}
@@ -319,13 +322,6 @@ def test_deletes_page_through_the_collection(
     assert len(refs) == 30
     assert vectors.delete_for_documents(refs) == 30
     assert {d for _, d in pairs_present(vectors)} == {f"d{i}" for i in range(1, 40, 2)} - set(gone)
-
-
-def test_upsert_overwrites_by_point_id(vectors: QdrantVectorStore) -> None:
-    vectors.ensure_collection()
-    vectors.upsert([point("d1", 0, "s1")])
-    vectors.upsert([point("d1", 0, "s2")])
-    assert pairs_present(vectors) == {("s2", "d1")}
 
 
 def test_connect_qdrant_local_folder_is_exclusive(tmp_path: Path) -> None:

@@ -229,7 +229,6 @@ EXPECTED = {
 }
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(("method", "path", "body"), ROUTES)
 @pytest.mark.parametrize(
     ("token", "scheme", "challenge"),
@@ -257,7 +256,6 @@ def test_missing_or_wrong_token_is_401_with_a_bearer_challenge(
     assert set(answer.body) == {"error", "status"}
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("token", [READ, ADMIN])
 @pytest.mark.parametrize("route", range(len(ROUTES)))
 def test_read_and_admin_tokens(stack: Stack, token: str, route: int) -> None:
@@ -270,7 +268,6 @@ def test_read_and_admin_tokens(stack: Stack, token: str, route: int) -> None:
         assert answer.body["status"] == "QUEUED"
 
 
-@pytest.mark.integration
 def test_health_needs_no_token_and_unknown_routes_are_json(stack: Stack) -> None:
     assert call(stack, "GET", "/api/health").body == {"status": "ok"}
     missing = call(stack, "GET", "/api/resources/nothing", READ)
@@ -299,7 +296,6 @@ BAD_BODIES = [
 ]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(("body", "named", "says"), BAD_BODIES)
 def test_a_bad_body_is_422_naming_the_field(
     stack: Stack, body: bytes, named: str, says: str
@@ -311,7 +307,6 @@ def test_a_bad_body_is_422_naming_the_field(
     assert "Traceback" not in answer.raw
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize(
     ("body", "says"),
     [
@@ -326,18 +321,15 @@ def test_a_bad_erase_body_is_422_naming_the_field(stack: Stack, body: bytes, say
     assert answer.status == 422 and answer.body["error"] == says
 
 
-@pytest.mark.integration
 def test_a_bad_query_flag_is_422_naming_it(stack: Stack) -> None:
     answer = call(stack, "GET", "/api/resources/metrics?live=maybe", ADMIN)
     assert answer.status == 422 and answer.body["field"] == "live"
 
 
-@pytest.mark.integration
 def test_the_read_token_is_refused_before_the_body_is_judged(stack: Stack) -> None:
     assert call(stack, "POST", "/api/resources/cleanup", READ, b"not json").status == 403
 
 
-@pytest.mark.integration
 def test_bodies_over_64_kb_are_refused(stack: Stack) -> None:
     padded = b'{"dry_run": true' + b" " * (64 * 1024) + b"}"
     answer = call(stack, "POST", "/api/resources/cleanup", ADMIN, padded)
@@ -362,7 +354,6 @@ def test_bodies_over_64_kb_are_refused(stack: Stack) -> None:
 MALFORMED_LENGTHS = ["abc", "-1", "+5", "1e3", "1.5", "0x10", ""]
 
 
-@pytest.mark.integration
 @pytest.mark.parametrize("declared", ["abc", "-1", "+5", "1e3"])
 def test_a_malformed_content_length_is_400_through_uvicorn(stack: Stack, declared: str) -> None:
     """uvicorn's HTTP parser refuses it before the app (its own text/plain 400); never a 413."""
@@ -411,7 +402,6 @@ async def post_mounted(app: Starlette, lengths: list[str]) -> list[httpx.Respons
         ]
 
 
-@pytest.mark.integration
 def test_a_chunked_body_past_the_limit_is_refused_before_it_ends(stack: Stack) -> None:
     """No Content-Length: the 413 comes once 64 KB have streamed in, while the body has not
     ended (its last chunk is not sent yet), so the body is never held whole."""
@@ -456,7 +446,6 @@ def read_response(sock: socket.socket) -> tuple[int, bytes]:
 # --- the queue while runs wait (no daemon yet: submitted runs stay QUEUED) -------------------
 
 
-@pytest.mark.integration
 def test_queue_json_while_runs_wait(stack: Stack) -> None:
     drop_queued(stack)
     bodies = [
@@ -509,7 +498,6 @@ def test_queue_json_while_runs_wait(stack: Stack) -> None:
 # --- metrics --------------------------------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_metrics_come_from_the_latest_snapshots_and_live_measures_now(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -580,7 +568,6 @@ def test_the_metrics_cache_rereads_once_aged_and_never_sticks(
 # --- runs through the queue (daemon) ---------------------------------------------------------
 
 
-@pytest.mark.integration
 def test_a_waited_cleanup_answers_the_report_of_its_run(daemon: Stack) -> None:
     answer = call(
         daemon,
@@ -608,7 +595,6 @@ def test_a_waited_cleanup_answers_the_report_of_its_run(daemon: Stack) -> None:
     assert view["status"] == "SUCCESS" and view["report"] == body
 
 
-@pytest.mark.integration
 def test_a_waited_dry_run_erase_answers_its_receipt(daemon: Stack) -> None:
     answer = call(
         daemon,
@@ -627,7 +613,6 @@ def test_a_waited_dry_run_erase_answers_its_receipt(daemon: Stack) -> None:
     assert run.tags["rlm/trigger"] == "api" and "rlm/store.mongodb" in run.tags
 
 
-@pytest.mark.integration
 def test_a_cli_cleanup_waits_for_a_queued_run_of_the_same_store(daemon: Stack) -> None:
     """Item 3: the queued run holds qdrant (stuck on Qdrant's folder lock, which the test holds);
     `rlm cleanup` of qdrant started meanwhile waits for it, never overlaps it."""
@@ -680,7 +665,6 @@ def _begins(instance: dg.DagsterInstance, run_id: str) -> float:
     return entry.timestamp
 
 
-@pytest.mark.integration
 def test_the_api_listens_on_loopback_only_by_default(stack: Stack) -> None:
     """`rlm api --port P` (no --host): the listening socket is 127.0.0.1:P, per the kernel."""
     port = int(stack.api.rsplit(":", 1)[1])
@@ -694,7 +678,6 @@ def test_the_api_listens_on_loopback_only_by_default(stack: Stack) -> None:
     assert listening == {"0100007F"}  # 127.0.0.1, little-endian hex; no 0.0.0.0 or IPv6
 
 
-@pytest.mark.integration
 def test_tokens_never_reach_the_logs(stack: Stack) -> None:
     for log in stack.logs.glob("*.log"):
         text = log.read_text(errors="replace")

@@ -21,7 +21,7 @@ import pytest
 
 from tests.dagster.conftest import REPO_ROOT, clean_subprocess_env, dagster_home, launch
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.e2e
 
 BIN = REPO_ROOT / ".venv" / "bin"
 DONE = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}

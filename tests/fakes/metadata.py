@@ -16,11 +16,11 @@ from typing import Any
 import bson
 from bson import ObjectId
 
-from rlm_core.adapters.mongo_metadata import (
+from rlm_core.adapters.mongo_metadata import exact_id
+from rlm_core.adapters.records import (
     CLAIM_FIELD,
     LOGICAL_COLLECTIONS,
     document_record,
-    exact_id,
     id_text,
     message_record,
     naive_utc,

@@ -2,45 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import replace
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from rlm_core import LifecycleManager, Settings
+from rlm_core import LifecycleManager
 from rlm_core.clock import FakeClock
 from tests.fakes import MemoryQdrant, MemoryVectors
 from tests.lifecycle import shapes
 from tests.lifecycle.world import World
-from tests.stack import MANAGER_STACKS, build_manager
+from tests.stack import MANAGER_STACKS, stack_fixtures
 
 
-@pytest.fixture
-def clock() -> FakeClock:
-    """Starts at the real now: object stores stamp last_modified with the real clock."""
-    return FakeClock(datetime.now(UTC))
+def _patch_shapes(request: pytest.FixtureRequest) -> None:
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    monkeypatch.setattr(shapes, "QdrantVectorStore", memory_vectors)
 
 
-@pytest.fixture
-def settings(tmp_path: Path, bucket_name: str) -> Settings:
-    base = Settings.from_env({"RLM_DATA_DIR": str(tmp_path / "data")})
-    return replace(base, minio_bucket=bucket_name, batch_size=50)
-
-
-@pytest.fixture(params=MANAGER_STACKS)
-def manager(
-    request: pytest.FixtureRequest, settings: Settings, clock: FakeClock
-) -> Iterator[LifecycleManager]:
-    """A LifecycleManager over real servers (redis-server, S3 over HTTP, Qdrant local, mongomock), embedded, or the fakes."""
-    mgr = build_manager(request, settings, clock)
-    if request.param == "fakes":
-        monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
-        monkeypatch.setattr(shapes, "QdrantVectorStore", memory_vectors)
-    yield mgr
-    mgr.close()
+clock, settings, manager = stack_fixtures(MANAGER_STACKS, batch_size=50, on_fakes=_patch_shapes)
 
 
 @pytest.fixture

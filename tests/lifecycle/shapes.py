@@ -34,6 +34,7 @@ from rlm_core.audit import read_audit
 from rlm_core.clock import FakeClock
 from rlm_core.domain import CleanupReport
 from rlm_core.ports import CacheSeed, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from rlm_core.stores import Stores
 
 DIM = 384
@@ -367,7 +368,9 @@ class Seeder:
             "updated_at": touched,
             "metadata": {"file_hash": hashlib.sha256(data).hexdigest()},
         }
-        self.stores.metadata().insert_raw("documents", [apply(record, fields or {})])
+        metadata_seeder(self.stores.metadata()).insert_raw(
+            "documents", [apply(record, fields or {})]
+        )
         doc = Doc(doc_hex, id_value, obj_key, len(data))
         if upload_points:
             doc.points += self.points(doc_hex, f"upload_{doc_hex}", age=age, count=upload_points)
@@ -393,7 +396,7 @@ class Seeder:
             {"chunk_id": 0, "text": "fragmento", "page": 1, "metadata": {}},
             {"session_id": session_id, "document_id": document_id, "created_at": created_at},
         )
-        self.stores.vectors().upsert(
+        vector_seeder(self.stores.vectors()).upsert(
             [
                 VectorPoint(pid, [0.01 * (i + 1)] * DIM, apply(base, {"chunk_id": i}))
                 for i, pid in enumerate(ids)
@@ -420,15 +423,19 @@ class Seeder:
             "documents": [],
             "attached_file_ids": [],
         }
-        self.stores.metadata().insert_raw("chat_sessions", [apply(record, fields or {})])
+        metadata_seeder(self.stores.metadata()).insert_raw(
+            "chat_sessions", [apply(record, fields or {})]
+        )
         return sid
 
     def message(self, fields: dict[str, Any]) -> None:
         record = {"_id": ObjectId(self.hex()), "created_at": naive(self.now)}
-        self.stores.metadata().insert_raw("messages", [apply(record, fields)])
+        metadata_seeder(self.stores.metadata()).insert_raw("messages", [apply(record, fields)])
 
     def cache(self, key: bytes, *, ttl: int | None, idle: int = 0) -> None:
-        self.stores.cache().seed([CacheSeed(key, b"texto extraido " * 20, ttl, idle_seconds=idle)])
+        cache_seeder(self.stores.cache()).seed(
+            [CacheSeed(key, b"texto extraido " * 20, ttl, idle_seconds=idle)]
+        )
 
 
 # ------------------------------------------------------------------------------ inventories

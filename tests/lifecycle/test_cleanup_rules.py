@@ -14,6 +14,7 @@ from rlm_core.audit import read_audit
 from rlm_core.cleanup import objects as objects_sweep
 from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from tests.lifecycle.conftest import raw_redis
 from tests.lifecycle.world import World, snapshot
 
@@ -30,7 +31,7 @@ HOUR = timedelta(hours=1)
 
 def test_redis_unlinks_idle_persistent_keys_and_repairs_the_rest(manager: LifecycleManager) -> None:
     redis = raw_redis(manager)
-    manager.stores.cache().seed(
+    cache_seeder(manager.stores.cache()).seed(
         [
             CacheSeed(b"doc:text:idle", b"x", None, idle_seconds=2 * 3600),
             CacheSeed(b"cache:fresh", b"x", None, idle_seconds=60),
@@ -57,7 +58,9 @@ def test_dry_run_changes_nothing_and_reports_exactly(
     world.document(age=30 * DAY)
     world.document(age=HOUR)
     world.orphan_object()
-    manager.stores.cache().seed([CacheSeed(b"cache:idle", b"x", None, idle_seconds=7200)])
+    cache_seeder(manager.stores.cache()).seed(
+        [CacheSeed(b"cache:idle", b"x", None, idle_seconds=7200)]
+    )
     clock.advance(days=10)
     before = snapshot(manager.stores, raw_redis(manager))
     dry = manager.cleanup(dry_run=True)
@@ -164,7 +167,7 @@ def _bad_payloads(manager: LifecycleManager) -> None:
 
     from rlm_core.ports import VectorPoint
 
-    manager.stores.vectors().upsert(
+    vector_seeder(manager.stores.vectors()).upsert(
         [
             VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"document_id": "x"}),
             VectorPoint(str(uuid.uuid4()), [0.5] * 384, {"session_id": 42, "document_id": None}),
@@ -206,7 +209,7 @@ def test_a_session_whose_activity_cannot_be_read_protects(
     manager: LifecycleManager, world: World, updated_at: Any
 ) -> None:
     doc = world.document(age=30 * DAY)
-    manager.stores.metadata().insert_raw(
+    metadata_seeder(manager.stores.metadata()).insert_raw(
         "chat_sessions",
         [
             {
@@ -390,7 +393,7 @@ def test_a_key_given_a_ttl_between_scan_and_unlink_survives(manager: LifecycleMa
     # the scan read it is not unlinked (a plain UNLINK would delete it).
     redis = raw_redis(manager)
     cache = manager.stores.cache()
-    cache.seed([CacheSeed(b"cache:idle", b"x", None, idle_seconds=2 * 3600)])
+    cache_seeder(cache).seed([CacheSeed(b"cache:idle", b"x", None, idle_seconds=2 * 3600)])
     measured = cache.memory_usage
 
     def app_sets_a_ttl_then_measure(keys: Sequence[bytes]) -> dict[bytes, int]:

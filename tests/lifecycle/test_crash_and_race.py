@@ -33,6 +33,7 @@ from rlm_core.audit import read_audit
 from rlm_core.cleanup.context import LEASE_TTL
 from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed, DuplicateDocumentError, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import Call, Crash, FaultPlan, Phase, faulty, hooked
 from tests.lifecycle.conftest import raw_redis
@@ -157,7 +158,7 @@ class Planter:
             stores.objects().put(key, io.BytesIO(body), len(body), "application/pdf")
             self.model.objects.add(key)
         touched = updated_age if updated_age is not None else age
-        stores.metadata().insert_raw(
+        metadata_seeder(stores.metadata()).insert_raw(
             "documents",
             [
                 {
@@ -210,14 +211,18 @@ class Planter:
         if doc is not None:
             payload["document_id"] = doc
         payload["created_at"] = "ayer" if bad_time else (self.world.now - age).timestamp()
-        self.world.stores.vectors().upsert([VectorPoint(point_id, [0.02] * DIM, payload)])
+        vector_seeder(self.world.stores.vectors()).upsert(
+            [VectorPoint(point_id, [0.02] * DIM, payload)]
+        )
         self.model.points[point_id] = Point(session, doc, None if bad_time else age)
         return point_id
 
     def cache(self, name: str, *, ttl: bool, idle: int = 0, doc: str | None = None) -> None:
         key = name.encode()
         ours = name.startswith(("doc:text:", "cache:"))
-        self.world.stores.cache().seed([CacheSeed(key, b"v", 3600 if ttl else None, idle)])
+        cache_seeder(self.world.stores.cache()).seed(
+            [CacheSeed(key, b"v", 3600 if ttl else None, idle)]
+        )
         self.model.keys[key] = Key(ours, ttl, idle, doc)
 
 
@@ -484,7 +489,7 @@ def plant_for_deletes(world: World, clock: FakeClock, expired: bool) -> None:
     if expired:
         for age in (9 * DAY, 20 * DAY):
             world.document(age=age)
-    world.stores.cache().seed(
+    cache_seeder(world.stores.cache()).seed(
         [CacheSeed(f"cache:idle:{i}".encode(), b"x", None, idle_seconds=7200) for i in range(3)]
     )
 

@@ -24,7 +24,8 @@ from bson import ObjectId
 from qdrant_client import QdrantClient
 
 from rlm_core import ErasureReceipt, LifecycleManager, Settings
-from rlm_core.adapters.mongo_metadata import MongoMetadataStore, id_text
+from rlm_core.adapters.mongo_metadata import MongoMetadataStore
+from rlm_core.adapters.records import id_text
 from rlm_core.adapters.s3_objects import S3ObjectStore
 from rlm_core.adapters.sqlite_metadata import SqliteMetadataStore, decode
 from rlm_core.audit import read_audit
@@ -38,6 +39,7 @@ from rlm_core.erasure import (
     UnknownUserError,
 )
 from rlm_core.ports import CacheSeed
+from rlm_core.seeding import cache_seeder, metadata_seeder
 from rlm_core.stores import Stores
 from tests.faults import Crash, FaultPlan, OnCall, Phase, faulty, hooked, recorded
 from tests.lifecycle.conftest import raw_redis
@@ -113,7 +115,7 @@ def raw_doc(world: World, user: str, key: str, doc_id: Any = None) -> Any:
     """A document record naming an existing object key (no object, points or cache of its own)."""
     _id = ObjectId() if doc_id is None else doc_id
     at = naive(world.now - HOUR)
-    world.stores.metadata().insert_raw(
+    metadata_seeder(world.stores.metadata()).insert_raw(
         "documents",
         [
             {
@@ -161,7 +163,7 @@ def plant(world: World) -> Planted:
     world.message(sa1, [a2])
     world.message(sa2, [])
     sa3 = _objectid_session(world, ALICE)
-    world.stores.metadata().insert_raw(
+    metadata_seeder(world.stores.metadata()).insert_raw(
         "messages",
         [
             {
@@ -174,7 +176,7 @@ def plant(world: World) -> Planted:
     )
     shared = key_of(world, a1)
     raw_doc(world, BOB, shared)  # Bob's document names Alice's object: it stays
-    world.stores.cache().seed(
+    cache_seeder(world.stores.cache()).seed(
         [
             CacheSeed(b"blacklist:token-1", b"x", 600),
             CacheSeed(b"cache:answer:42", b"y", None),
@@ -187,7 +189,7 @@ def plant(world: World) -> Planted:
 def _objectid_session(world: World, user: str) -> str:
     session_id = ObjectId()
     at = naive(world.now - HOUR)
-    world.stores.metadata().insert_raw(
+    metadata_seeder(world.stores.metadata()).insert_raw(
         "chat_sessions",
         [{"_id": session_id, "user_id": user, "created_at": at, "updated_at": at, "documents": []}],
     )
@@ -448,7 +450,7 @@ def test_items_that_cannot_be_attributed_to_the_user_are_kept_and_counted(
     raw_doc(world, ALICE, "twin/a.pdf", ObjectId(twin))
     raw_doc(world, BOB, "twin/b.pdf", twin)  # the string twin of Alice's ObjectId record
     world.points(twin, f"upload_{twin}", age=HOUR, count=2)
-    world.stores.cache().seed([CacheSeed(f"doc:text:{twin}".encode(), b"t", 60)])
+    cache_seeder(world.stores.cache()).seed([CacheSeed(f"doc:text:{twin}".encode(), b"t", 60)])
     receipt = manager.erase(ALICE)
     assert receipt.verified, receipt.as_json()
     assert receipt.stores["qdrant"].kept == {OTHER_DOCUMENT: 2, SHARED_ID: 2}

@@ -39,6 +39,7 @@ from rlm_core.adapters.sqlite_metadata import encode
 from rlm_core.clock import FakeClock
 from rlm_core.domain import IngestResult
 from rlm_core.ports import CacheSeed, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from tests.faults import Call, Phase, hooked, recorded
 from tests.lifecycle.world import DIM, World, naive
 from tests.services import RedisServer, redis_server
@@ -93,7 +94,7 @@ def plant_cascade(world: World) -> CascadeWorld:
     stores = world.stores
     stores.objects().put(key, io.BytesIO(body), len(body), "application/pdf")
     old = naive(world.now - 30 * DAY)
-    stores.metadata().insert_raw(
+    metadata_seeder(stores.metadata()).insert_raw(
         "documents",
         [
             {
@@ -113,7 +114,7 @@ def plant_cascade(world: World) -> CascadeWorld:
         ],
     )
     world.points(doc, f"upload_{doc}", age=30 * DAY, count=3)
-    stores.cache().seed([CacheSeed(f"doc:text:{doc}".encode(), b"text", 3600)])
+    cache_seeder(stores.cache()).seed([CacheSeed(f"doc:text:{doc}".encode(), b"text", 3600)])
     session = world.session(idle=3 * DAY, documents=(doc,))
     return CascadeWorld(doc, key, body, session)
 
@@ -359,7 +360,7 @@ def new_point(manager: LifecycleManager, clock: FakeClock, session: str, doc: st
         "created_at": clock.now().timestamp(),
         "metadata": {},
     }
-    manager.stores.vectors().upsert([VectorPoint(point_id, [0.03] * DIM, payload)])
+    vector_seeder(manager.stores.vectors()).upsert([VectorPoint(point_id, [0.03] * DIM, payload)])
     return point_id
 
 

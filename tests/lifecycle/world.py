@@ -12,6 +12,7 @@ from bson import ObjectId
 
 from rlm_core.clock import Clock
 from rlm_core.ports import CacheSeed, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from rlm_core.stores import Stores
 
 DIM = 384
@@ -83,15 +84,17 @@ class World:
             "metadata": {},
         }
         record.update(extra or {})
-        self.stores.metadata().insert_raw("documents", [record])
+        metadata_seeder(self.stores.metadata()).insert_raw("documents", [record])
         self.points(doc_id, session or f"upload_{doc_id}", age=age, count=chunks)
         if cache:
-            self.stores.cache().seed([CacheSeed(f"doc:text:{doc_id}".encode(), body, 3600)])
+            cache_seeder(self.stores.cache()).seed(
+                [CacheSeed(f"doc:text:{doc_id}".encode(), body, 3600)]
+            )
         return doc_id
 
     def points(self, doc_id: str, session: str, *, age: timedelta, count: int = 3) -> None:
         created = (self.now - age).timestamp()
-        self.stores.vectors().upsert(
+        vector_seeder(self.stores.vectors()).upsert(
             [
                 VectorPoint(
                     str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc_id}_{session}_{i}")),
@@ -120,7 +123,7 @@ class World:
     ) -> str:
         session_id = self._uuid()
         updated = naive(self.now - idle)
-        self.stores.metadata().insert_raw(
+        metadata_seeder(self.stores.metadata()).insert_raw(
             "chat_sessions",
             [
                 {
@@ -136,7 +139,7 @@ class World:
         return session_id
 
     def message(self, chat_id: str, file_ids: list[str]) -> None:
-        self.stores.metadata().insert_raw(
+        metadata_seeder(self.stores.metadata()).insert_raw(
             "messages",
             [
                 {

@@ -22,6 +22,7 @@ from rlm_core.adapters.disk_objects import DiskObjectStore
 from rlm_core.adapters.s3_objects import S3ObjectStore
 from rlm_core.audit import read_audit
 from rlm_core.ports import CacheSeed, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from rlm_core.settings import ENV_VARIABLES, SettingsError
 from tests.services import free_port
 
@@ -60,15 +61,17 @@ def good_document(manager: LifecycleManager, age: timedelta, **fields: Any) -> t
         "metadata": {"file_hash": uuid.uuid4().hex},
     }
     record.update(fields)
-    manager.stores.metadata().insert_raw("documents", [record])
+    metadata_seeder(manager.stores.metadata()).insert_raw("documents", [record])
     chunk_points(manager, str(record["_id"]), age)
-    manager.stores.cache().seed([CacheSeed(f"doc:text:{record['_id']}".encode(), b"t", 3600)])
+    cache_seeder(manager.stores.cache()).seed(
+        [CacheSeed(f"doc:text:{record['_id']}".encode(), b"t", 3600)]
+    )
     return str(record["_id"]), key
 
 
 def chunk_points(manager: LifecycleManager, doc_id: str, age: timedelta) -> None:
     created = (manager.clock.now() - age).timestamp()
-    manager.stores.vectors().upsert(
+    vector_seeder(manager.stores.vectors()).upsert(
         [
             VectorPoint(
                 str(uuid.uuid5(uuid.NAMESPACE_URL, f"{doc_id}_{i}")),
@@ -162,8 +165,8 @@ def test_messy_references_never_crash_and_still_protect(manager: LifecycleManage
         {"_id": "no-updated-at", "documents": [{"doc_id": docs[4]}]},
         {"_id": "str-updated-at", "updated_at": "now", "attached_file_ids": [docs[4]]},
     ]
-    manager.stores.metadata().insert_raw("chat_sessions", messy_sessions)
-    manager.stores.metadata().insert_raw(
+    metadata_seeder(manager.stores.metadata()).insert_raw("chat_sessions", messy_sessions)
+    metadata_seeder(manager.stores.metadata()).insert_raw(
         "messages",
         [
             {"chat_id": "junk-items", "file_ids": docs[2]},  # a lone string
@@ -200,7 +203,7 @@ BAD_PAYLOADS: dict[str, dict[str, Any]] = {
 
 
 def test_points_with_bad_payloads_are_kept_and_counted_unknown(manager: LifecycleManager) -> None:
-    manager.stores.vectors().upsert(
+    vector_seeder(manager.stores.vectors()).upsert(
         [VectorPoint(str(uuid.uuid4()), [0.3] * 384, p) for p in BAD_PAYLOADS.values()]
     )
     good_document(manager, 90 * DAY)  # so the orphan rule is armed
@@ -231,7 +234,7 @@ def test_non_finite_created_at_is_unknown_not_a_crash(manager: LifecycleManager)
 def test_non_utf8_keys_and_values_and_odd_types(manager: LifecycleManager) -> None:
     redis = raw_redis(manager)
     idle = 7200
-    manager.stores.cache().seed(
+    cache_seeder(manager.stores.cache()).seed(
         [
             CacheSeed(b"doc:text:\xff\xfe", b"\xff\x00 binary", None, idle_seconds=idle),
             CacheSeed(b"cache:\x80\x81 recent", b"\xc3\x28", None, idle_seconds=10),
@@ -278,7 +281,7 @@ def test_unicode_and_space_object_names_round_trip_and_sweep(manager: LifecycleM
     good_document(manager, timedelta(0), minio_key=NAMES[0])
     # Objects are stamped by the real clock; jump past FILES_TTL so the rest are old orphans.
     manager.clock.advance(days=8)
-    manager.stores.metadata().insert_raw(
+    metadata_seeder(manager.stores.metadata()).insert_raw(
         "chat_sessions",
         [{"_id": "s", "updated_at": naive_ago(manager, timedelta(0)), "documents": []}],
     )
@@ -478,7 +481,9 @@ def test_a_batch_size_too_large_for_the_stores_fails_at_start_not_mid_cleanup(
         assert "RLM_BATCH_SIZE" in str(exc)
         return
     with LifecycleManager.from_settings(settings) as manager:
-        manager.stores.metadata().insert_raw("documents", [{"user_id": "u", "status": "ready"}])
+        metadata_seeder(manager.stores.metadata()).insert_raw(
+            "documents", [{"user_id": "u", "status": "ready"}]
+        )
         report = manager.cleanup()
     assert report.success, report.errors
 
@@ -533,7 +538,9 @@ def test_the_longest_allowed_ttls_keep_every_date_computation_in_range(
     )
     patient = LifecycleManager(settings, manager.stores, manager.clock)
     kept, _ = good_document(patient, 90 * DAY)
-    manager.stores.cache().seed([CacheSeed(b"cache:idle", b"v", None, idle_seconds=7200)])
+    cache_seeder(manager.stores.cache()).seed(
+        [CacheSeed(b"cache:idle", b"v", None, idle_seconds=7200)]
+    )
     assert all(m.usage_percentage >= 0 for m in patient.metrics().values())
     report = patient.cleanup()
     assert report.success, report.errors

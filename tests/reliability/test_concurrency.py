@@ -25,6 +25,7 @@ from rlm_core import LifecycleManager, ResourceType, Settings
 from rlm_core.adapters.sqlite_metadata import encode
 from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed
+from rlm_core.seeding import cache_seeder, metadata_seeder
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import Call, FaultPlan, Hook, OnCall, Phase, chain, hooked
 from tests.services import RedisServer, S3Server
@@ -73,7 +74,7 @@ def _redis_world(tmp_path: Path, redis_srv: RedisServer) -> tuple[Settings, list
         CacheSeed(f"doc:text:{i}".encode(), b"t", None, 7200 if i % 2 else 60) for i in range(2000)
     ]
     seeds += [CacheSeed(f"blacklist:{i}".encode(), b"x", None, 99_999) for i in range(200)]
-    plain[0].stores.cache().seed(seeds)
+    cache_seeder(plain[0].stores.cache()).seed(seeds)
     return settings, plain
 
 
@@ -168,12 +169,12 @@ def test_an_object_sweep_started_during_another_is_refused_and_late_references_p
         objects.put(key, io.BytesIO(b"pdf"), 3, "application/pdf")
     clock.advance(days=8)  # past FILES_TTL_DAYS since the S3 server stamped them
     referenced, late = keys[::2], keys[1::4]
-    metadata.insert_raw("documents", [_record(k, clock.now()) for k in referenced])
+    metadata_seeder(metadata).insert_raw("documents", [_record(k, clock.now()) for k in referenced])
     orphans = set(keys) - set(referenced) - set(late)
     seconds: list[Any] = []
 
     def reference_late() -> None:
-        metadata.insert_raw("documents", [_record(k, clock.now()) for k in late])
+        metadata_seeder(metadata).insert_raw("documents", [_record(k, clock.now()) for k in late])
 
     log: list[Call] = []
     listed = threading.Event()
@@ -227,7 +228,7 @@ def _old_document(manager: LifecycleManager, now: datetime, i: int) -> Old:
     manager.stores.objects().put(key, io.BytesIO(body), len(body), "application/pdf")
     when = (now - timedelta(days=30)).replace(tzinfo=None)
     doc_id = ObjectId()
-    manager.stores.metadata().insert_raw(
+    metadata_seeder(manager.stores.metadata()).insert_raw(
         "documents",
         [
             {
@@ -327,7 +328,7 @@ def test_uploads_during_sweeps_are_never_lost(tmp_path: Path) -> None:
 
 def _session(manager: LifecycleManager, updated: datetime, doc_ids: list[str]) -> str:
     session_id = str(uuid.uuid4())
-    manager.stores.metadata().insert_raw(
+    metadata_seeder(manager.stores.metadata()).insert_raw(
         "chat_sessions",
         [
             {

@@ -27,6 +27,7 @@ from rlm_core.adapters.redis_cache import connect_redis
 from rlm_core.adapters.s3_objects import connect_minio
 from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed, StoreError, VectorPoint
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from tests.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.faults import Crash, FaultPlan, OnCall, Phase, faulty, hooked
 from tests.services import RedisServer, S3Server, free_port, redis_server, s3_server
@@ -84,7 +85,7 @@ def build(manager: LifecycleManager, expired: int, live: int) -> tuple[list[str]
         body = f"body {i}".encode() * 20
         stores.objects().put(key, io.BytesIO(body), len(body), "application/pdf")
         created = (now - (30 * DAY if old else DAY)).replace(tzinfo=None)
-        stores.metadata().insert_raw(
+        metadata_seeder(stores.metadata()).insert_raw(
             "documents",
             [
                 {
@@ -101,7 +102,7 @@ def build(manager: LifecycleManager, expired: int, live: int) -> tuple[list[str]
                 }
             ],
         )
-        stores.vectors().upsert(
+        vector_seeder(stores.vectors()).upsert(
             [
                 VectorPoint(
                     str(uuid.uuid4()),
@@ -116,7 +117,7 @@ def build(manager: LifecycleManager, expired: int, live: int) -> tuple[list[str]
                 for c in range(3)
             ]
         )
-        stores.cache().seed([CacheSeed(f"doc:text:{doc_id}".encode(), body, 3600)])
+        cache_seeder(stores.cache()).seed([CacheSeed(f"doc:text:{doc_id}".encode(), body, 3600)])
         ids[old].append(doc_id)
     return ids[True], ids[False]
 
@@ -153,7 +154,9 @@ def test_redis_killed_mid_cascade_reports_retries_and_completes(
         assert 0 < len(left) < len(expired)
         own_redis.restart()
         # A restarted cache is empty; live documents get their text key back from the app.
-        manager.stores.cache().seed([CacheSeed(f"doc:text:{d}".encode(), b"t", 3600) for d in live])
+        cache_seeder(manager.stores.cache()).seed(
+            [CacheSeed(f"doc:text:{d}".encode(), b"t", 3600) for d in live]
+        )
         retry = manager.cleanup()
         assert retry.success, retry.errors
         assert manager.stores.metadata().get_documents(expired) == {}
@@ -174,7 +177,7 @@ def test_redis_killed_mid_scan_reports_then_the_retry_sweeps(
     ]
 
     def seed() -> None:
-        manager.stores.cache().seed([*idle, *foreign])
+        cache_seeder(manager.stores.cache()).seed([*idle, *foreign])
 
     try:
         seed()
@@ -232,7 +235,7 @@ def test_s3_down_for_a_listing_keeps_everything(
     try:
         _, live = build(manager, expired=0, live=3)
         clock.advance(days=30)  # every object is old now; documents are expired too
-        manager.stores.metadata().insert_raw(
+        metadata_seeder(manager.stores.metadata()).insert_raw(
             "chat_sessions",
             [
                 {
@@ -259,7 +262,9 @@ def test_a_frozen_redis_is_given_up_on_within_the_timeout(
     settings = replace(server_settings(tmp_path, own_redis, None), store_timeout_seconds=1.0)
     manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
     try:
-        manager.stores.cache().seed([CacheSeed(b"cache:a", b"x", None, idle_seconds=7200)])
+        cache_seeder(manager.stores.cache()).seed(
+            [CacheSeed(b"cache:a", b"x", None, idle_seconds=7200)]
+        )
         own_redis.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
@@ -289,7 +294,9 @@ def test_unreachable_servers_fail_fast_with_a_clear_error_and_spare_the_others(
     )
     manager = LifecycleManager.from_settings(settings, clock=FakeClock(datetime.now(UTC)))
     try:
-        manager.stores.cache().seed([CacheSeed(b"cache:old", b"x", None, idle_seconds=7200)])
+        cache_seeder(manager.stores.cache()).seed(
+            [CacheSeed(b"cache:old", b"x", None, idle_seconds=7200)]
+        )
         started = time.monotonic()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # qdrant-client: "Failed to obtain server version"
@@ -333,7 +340,7 @@ def test_crash_mid_cascade_then_a_reupload_of_the_same_file_keeps_the_users_file
     try:
         manager.stores.vectors().ensure_collection()
         first = manager.ingest("user-1", "contract.pdf", io.BytesIO(b"signed" * 500))
-        manager.stores.vectors().upsert(
+        vector_seeder(manager.stores.vectors()).upsert(
             [
                 VectorPoint(
                     str(uuid.uuid4()),

@@ -19,6 +19,7 @@ from rlm_core.adapters.redis_cache import connect_redis
 from rlm_core.audit import read_audit
 from rlm_core.clock import FakeClock
 from rlm_core.ports import CacheSeed, StoreError
+from rlm_core.seeding import cache_seeder
 from rlm_core.settings import SettingsError
 from tests.conftest import S3_ACCESS_KEY
 from tests.services import RedisServer, S3Server, free_port, redis_server
@@ -159,7 +160,7 @@ def test_no_secret_in_logs_reports_or_audit_of_cleanup_and_ingest(
         dup = manager.ingest("user-1", "a.pdf", io.BytesIO(b"one" * 100))
         assert dup.duplicate
         texts.append(("ingest results", repr((first, dup))))
-        manager.stores.cache().seed(
+        cache_seeder(manager.stores.cache()).seed(
             [
                 CacheSeed(f"doc:text:{first.document_id}".encode(), b"t", None, 7200),
                 CacheSeed(b"cache:x", b"t", None, 7200),

@@ -102,6 +102,7 @@ from rlm_core.ports import (
     VectorPoint,
     VectorStore,
 )
+from rlm_core.seeding import cache_seeder, metadata_seeder, vector_seeder
 from rlm_core.stores import Stores
 from tests.faults import PAGE, STORE_NAMES, Crash, FaultPlan, Phase, hooked
 
@@ -635,10 +636,10 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.model.points[pid] = Point(
                 payload.get("session_id"), payload["document_id"], payload.get("created_at")
             )
-        self.stores.vectors().upsert(points)
+        vector_seeder(self.stores.vectors()).upsert(points)
 
     def _seed_key(self, key: bytes, value: bytes, ttl: int | None, idle: int, ours: bool) -> None:
-        self.stores.cache().seed([CacheSeed(key, value, ttl, idle_seconds=idle)])
+        cache_seeder(self.stores.cache()).seed([CacheSeed(key, value, ttl, idle_seconds=idle)])
         value = digest(raw_redis(self.stores), key, ttl is not None)
         self.model.keys[key] = Key(value, ttl is not None, ours)
 
@@ -823,7 +824,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         }
         if bucket == "missing":
             del record["minio_bucket"]
-        self.stores.metadata().insert_raw("documents", [record])
+        metadata_seeder(self.stores.metadata()).insert_raw("documents", [record])
         self.model.docs[doc_id] = Doc(
             "user-1", content, key, created, status, conv, bucket_ok=bucket == "ok"
         )
@@ -855,7 +856,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         n = self._next()
         sid = str(ObjectId(f"{n:024x}")) if oid_id else str(uuid.UUID(int=n))
         refs = [as_form(d, oid_refs) for d in docs]
-        self.stores.metadata().insert_raw(
+        metadata_seeder(self.stores.metadata()).insert_raw(
             "chat_sessions",
             [
                 {
@@ -929,7 +930,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         file_ids = [d for i in refs if (d := self._pick(visible, i))]
         if ghost:
             file_ids.append(str(ObjectId()))  # a file id no document has (any more)
-        self.stores.metadata().insert_raw(
+        metadata_seeder(self.stores.metadata()).insert_raw(
             "messages",
             [
                 {

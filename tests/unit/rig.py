@@ -171,8 +171,8 @@ def make_rig(tmp_path: Path, **overrides: Any) -> Rig:
 
 
 class Seed:
-    """The app's writes, planted at given ages: documents, sessions, messages, points, objects
-    and cache keys. The one place tests seed stores through."""
+    """The app's writes, planted at given ages: documents, sessions, points, objects and cache
+    keys. The one place tests seed stores through."""
 
     def __init__(
         self,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rlm_core.cleanup.context import LEASE_TTL, Budget, Leases, chunked
+from rlm_core.batching import chunked
+from rlm_core.cleanup.context import LEASE_TTL, Budget, Leases
 from rlm_core.clock import FakeClock
 from rlm_core.domain import ResourceType
 from rlm_core.ports import StoreError
