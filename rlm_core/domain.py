@@ -104,6 +104,8 @@ class CleanupReport:
     errors: list[str] = field(default_factory=list)
     capped: bool = False
     audit_path: str | None = None
+    # Errors that a retry would only repeat (a setting is wrong), also listed in `errors`.
+    refusals: list[str] = field(default_factory=list)
 
     @property
     def total_deleted(self) -> int:
@@ -119,6 +121,19 @@ class CleanupReport:
         """Count deletions (and their bytes) against a store."""
         self.deleted_counts[store] = self.deleted_counts.get(store, 0) + count
         self.bytes_freed[store] = self.bytes_freed.get(store, 0) + size_bytes
+
+    def refuse(self, message: str) -> None:
+        """Record an error that running again will not fix (a setting is wrong): it fails the
+        report like any error, and a retry is pointless."""
+        if message not in self.errors:
+            self.errors.append(message)
+        if message not in self.refusals:
+            self.refusals.append(message)
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a retry may succeed: some error is not a refusal (a store blip)."""
+        return any(error not in self.refusals for error in self.errors)
 
     def add_unknown(self, store: str, count: int = 1) -> None:
         """Count items kept because their shape could not be trusted."""
@@ -152,6 +167,7 @@ class CleanupReport:
             "skipped": dict(self.skipped),
             "capped": self.capped,
             "errors": list(self.errors),
+            "refusals": list(self.refusals),
             "audit_path": self.audit_path,
         }
 

@@ -26,7 +26,15 @@ from rlm_core.domain import (
 from rlm_core.erasure import erase_user
 from rlm_core.events import MONITORING_COMPLETED, log_event
 from rlm_core.policy import Retention
-from rlm_core.ports import CacheStore, MetadataStore, ObjectStore, StoreError, VectorStore
+from rlm_core.ports import (
+    CacheStore,
+    MetadataStore,
+    MissingStoreError,
+    ObjectStore,
+    ReferencesUnknownError,
+    StoreError,
+    VectorStore,
+)
 from rlm_core.settings import Settings
 from rlm_core.store_table import FULL_PLAN, STORE_TABLE, Step, step_label, step_stores
 from rlm_core.stores import Stores
@@ -177,7 +185,7 @@ class LifecycleManager:
         try:
             self.stores.metadata().check_references()
         except StoreError as exc:
-            sweep.report.errors.append(f"{MONGODB}: {exc}")
+            _record(sweep, f"{MONGODB}: {exc}", exc)
             return False
         return True
 
@@ -226,7 +234,7 @@ class LifecycleManager:
             step(sweep)
         except StoreError as exc:
             # One store down stops its own sweep; the others still run. The report fails.
-            sweep.report.errors.append(f"{step_label(step)}: {exc}")
+            _record(sweep, f"{step_label(step)}: {exc}", exc)
 
     def ingest(
         self, user_id: str, filename: str, stream: BinaryIO, content_type: str | None = None
@@ -279,6 +287,15 @@ class LifecycleManager:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _record(sweep: Sweep, message: str, exc: StoreError) -> None:
+    """A store error in the report; a missing collection or bucket, or references that cannot
+    be read, is a refusal: a setting is wrong, and a retry would only repeat it."""
+    if isinstance(exc, MissingStoreError | ReferencesUnknownError):
+        sweep.report.refuse(message)
+    else:
+        sweep.report.errors.append(message)
 
 
 def split_cap(cap: int | None, parts: int) -> list[int | None]:

@@ -23,6 +23,7 @@ from rlm_core.lifecycle import split_cap
 from rlm_core.ports import StoreError
 from rlm_dagster.jobs import (
     cleanup_response,
+    failure_description,
     observe_metadata,
     report_metadata,
     take_turn,
@@ -106,9 +107,9 @@ def sweep_part(
     metadata = {**report_metadata(report), "shard": dg.MetadataValue.text(shard)}
     if report.errors:
         raise dg.Failure(
-            description=f"Redis part {shard} finished with errors: " + "; ".join(report.errors),
+            description=failure_description(f"Redis part {shard}", report),
             metadata=metadata,
-            allow_retries=True,
+            allow_retries=report.retryable,
         )
     return dg.Output(response, metadata=metadata)
 

@@ -155,6 +155,14 @@ def log_processed(
     )
 
 
+def failure_description(what: str, report: CleanupReport) -> str:
+    """`<what> finished with errors: ...`, saying when a setting must change before a rerun."""
+    text = f"{what} finished with errors: " + "; ".join(report.errors)
+    if not report.retryable:
+        text += " (not retried: fix the setting named above, then run it again)"
+    return text
+
+
 def tag_untagged_run(context: dg.OpExecutionContext, target: ResourceType | None) -> None:
     """Give a run launched without rlm's tags (e.g. from the launchpad) its store tags, so the
     run queue and other runs' guards see which stores it holds."""
@@ -195,11 +203,12 @@ def cleanup_op(
     if report.errors:
         # The core reports a store that failed mid-sweep (StoreError) instead of raising, and a
         # sweep is idempotent, so the whole op is retried; the failure carries the report, so a
-        # partial run still shows what it deleted.
+        # partial run still shows what it deleted. A refusal (a setting is wrong: no documents,
+        # a missing bucket or collection) is not retried: a retry would only repeat it.
         raise dg.Failure(
-            description="cleanup finished with errors: " + "; ".join(report.errors),
+            description=failure_description("cleanup", report),
             metadata=metadata,
-            allow_retries=True,
+            allow_retries=report.retryable,
         )
     return dg.Output(response, metadata=metadata)
 

@@ -74,8 +74,7 @@ def _refuse(sweep: Sweep) -> None:
         "minio: refusing the orphan sweep because the metadata store holds no documents "
         "(check MONGODB_URL, MONGODB_DATABASE and RLM_DOCUMENTS_COLLECTION)"
     )
-    if message not in sweep.report.errors:
-        sweep.report.errors.append(message)
+    sweep.report.refuse(message)
 
 
 def _entry(sweep: Sweep, obj: ObjectInfo) -> AuditEntry:

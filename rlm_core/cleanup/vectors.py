@@ -58,8 +58,7 @@ def _doomed(sweep: Sweep, old: list[PointEvidence]) -> list[tuple[PointEvidence,
     """Each doomed point with its reason; None when the sweep must stop (misconfiguration)."""
     existing = _existing_documents(sweep, sorted({p.document_id for p in old}))
     if not existing and not sweep.metadata_populated:
-        if _REFUSAL not in sweep.report.errors:
-            sweep.report.errors.append(_REFUSAL)
+        sweep.report.refuse(_REFUSAL)
         return None
     doomed = [(p, GONE) for p in old if p.document_id not in existing]
     judged = [p for p in old if p.document_id in existing]

@@ -19,6 +19,8 @@ class FakeManager:
     """Answers cleanup() with scripted reports and metrics() with StoreError for down stores."""
 
     cleanup_errors: list[list[str]] = field(default_factory=list)
+    # Errors reported as refusals (a wrong setting: report.refuse), per cleanup like the above.
+    cleanup_refusals: list[list[str]] = field(default_factory=list)
     down: frozenset[ResourceType] = frozenset()
     cleanups: int = 0
     closed: bool = False
@@ -56,6 +58,9 @@ class FakeManager:
         report = CleanupReport(run_id=run_id or "fake", dry_run=dry_run, audit_path=self.audit_path)
         report.add_deleted("redis", 3, 300)
         report.errors.extend(errors)
+        if self.cleanups <= len(self.cleanup_refusals):
+            for message in self.cleanup_refusals[self.cleanups - 1]:
+                report.refuse(message)
         return report
 
     def close(self) -> None:

@@ -74,6 +74,28 @@ def test_store_errors_fail_after_recording_the_report_and_are_retried() -> None:
     assert report["success"] is False and report["deleted_counts"] == {"redis": 3}
 
 
+def test_a_refusal_fails_at_once_and_is_not_retried() -> None:
+    refusal = "minio: refusing the orphan sweep because the metadata store holds no documents"
+    scenario = FakeManager(cleanup_refusals=[[refusal]] * 4)
+    result = run_fake(scenario, CleanupConfig())
+    assert not result.success
+    assert result.retry_attempts_for_node("cleanup") == 0
+    assert scenario.cleanups == 1
+    failure = result.failure_data_for_node("cleanup")
+    assert failure is not None and failure.user_failure_data is not None
+    assert "not retried: fix the setting" in (failure.user_failure_data.description or "")
+    assert failure.user_failure_data.metadata["report"].value["refusals"] == [refusal]
+
+
+def test_a_refusal_beside_a_store_error_is_retried() -> None:
+    scenario = FakeManager(
+        cleanup_errors=[["qdrant: locked"]] * 4, cleanup_refusals=[["minio: refusing"]] * 4
+    )
+    result = run_fake(scenario, CleanupConfig())
+    assert not result.success
+    assert result.retry_attempts_for_node("cleanup") == 3
+
+
 def test_transient_error_then_success() -> None:
     result = run_fake(FakeManager(cleanup_errors=[["redis: timeout"]]), CleanupConfig())
     assert result.success

@@ -315,6 +315,7 @@ def test_empty_metadata_store_refuses_orphan_sweeps(
     report = manager.cleanup()
     assert not report.success
     assert any("metadata store holds no documents" in e for e in report.errors)
+    assert report.refusals and not report.retryable  # a retry would only refuse again
     assert orphan in {o.key for o in manager.stores.objects().iter_objects()}
     assert points_of(manager.stores.vectors(), ["doc-x"]) == 3
 

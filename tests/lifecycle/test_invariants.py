@@ -201,6 +201,8 @@ def test_inv2_a_misnamed_reference_collection_stops_the_sweep(
             problems.append(f"{plan_name(plan)}: reported success")
         if not any(variable in e for e in report.errors):
             problems.append(f"{plan_name(plan)}: no error names {variable}: {report.errors}")
+        if report.retryable:
+            problems.append(f"{plan_name(plan)}: a wrong setting reported as retryable")
     assert problems == [], "\n".join(problems)
 
 
@@ -219,6 +221,7 @@ def test_inv2_an_unreadable_metadata_store_deletes_nothing_that_needs_references
     report = hooked(manager, outage).cleanup()
     after = inventory(manager)
     assert not report.success and report.errors
+    assert report.retryable and not report.refusals  # an outage may pass: a retry is right
     assert after.records == before.records
     assert after.objects == before.objects
     assert after.points == before.points
@@ -789,6 +792,7 @@ def test_inv10_a_missing_bucket_is_that_stores_error(
     bucket = manager.settings.minio_bucket
     assert not report.success
     assert any("minio" in e or bucket in e for e in report.errors), report.errors
+    assert any(bucket in e for e in report.refusals), report.refusals  # a setting: no retry
     redis = manager.stores.cache()._client  # type: ignore[attr-defined]
     assert not redis.exists(b"cache:idle"), "one store's error stopped the redis sweep"
     assert records_of(manager, old.hex), "a record went although its object could not be checked"
