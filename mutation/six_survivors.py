@@ -35,73 +35,87 @@ class Survivor:
 
     what: str
     path: str
-    before: str
-    after: str
+    edits: tuple[tuple[str, str], ...]  # (before, after), each found exactly once
     test: str
     # The same mutant in an earlier form of the source (modules change under perf work).
-    alternative: tuple[str, str] | None = None
+    alternative: tuple[tuple[str, str], ...] = ()
 
 
 SIX = [
     Survivor(
         "an active session no longer protects its own Qdrant points",
         "rlm_core/cleanup/vectors.py",
-        "inactive = [p for p in points if p.session_id not in active]",
-        "inactive = list(points)",
+        (
+            (
+                "inactive = [p for p in points if p.session_id not in active]",
+                "inactive = list(points)",
+            ),
+        ),
         "tests/unit/test_cleanup_vectors.py::test_an_active_session_protects_its_own_points",
         (
-            "p.session_id not in active and p.document_id not in referenced]",
-            "p.document_id not in referenced]",
+            (
+                "p.session_id not in active and p.document_id not in referenced]",
+                "p.document_id not in referenced]",
+            ),
         ),
     ),
     Survivor(
         "the orphan sweep writes its audit after the delete instead of before",
         "rlm_core/cleanup/objects.py",
-        """    sweep.audit.record([_entry(sweep, o) for o in orphans])
-    if sweep.dry_run:
-        sweep.report.add_deleted("minio", len(orphans), sum(o.size for o in orphans))
-        return
-    failed = set(sweep.stores.objects().remove([o.key for o in orphans]))
-""",
-        """    if sweep.dry_run:
-        sweep.audit.record([_entry(sweep, o) for o in orphans])
-        sweep.report.add_deleted("minio", len(orphans), sum(o.size for o in orphans))
-        return
-    failed = set(sweep.stores.objects().remove([o.key for o in orphans]))
-    sweep.audit.record([_entry(sweep, o) for o in orphans])
-""",
+        (
+            (
+                "    sweep.audit.record([_entry(sweep, o) for o in orphans])\n    if sweep.dry_run:\n",
+                "    if sweep.dry_run:\n        sweep.audit.record([_entry(sweep, o) for o in orphans])\n",
+            ),
+            (
+                "    failed = set(sweep.stores.objects().remove([o.key for o in orphans]))\n",
+                "    failed = set(sweep.stores.objects().remove([o.key for o in orphans]))\n"
+                "    sweep.audit.record([_entry(sweep, o) for o in orphans])\n",
+            ),
+        ),
         "tests/unit/test_cleanup_objects.py::"
         "test_an_old_orphan_is_audited_then_deleted_and_counted_by_its_stored_size",
     ),
     Survivor(
         "real Qdrant deletions are not audited",
         "rlm_core/cleanup/vectors.py",
-        "    sweep.audit.record([_entry(point, reason, point_bytes) for point, reason in doomed])\n",
-        "    if sweep.dry_run:\n"
-        "        sweep.audit.record([_entry(p, reason, point_bytes) for p, reason in doomed])\n",
+        (
+            (
+                "    sweep.audit.record([_entry(point, reason, point_bytes) for point, reason in doomed])\n",
+                "    if sweep.dry_run:\n"
+                "        sweep.audit.record([_entry(p, reason, point_bytes) for p, reason in doomed])\n",
+            ),
+        ),
         "tests/unit/test_cleanup_vectors.py::"
         "test_old_points_of_a_vanished_document_are_audited_then_deleted",
     ),
     Survivor(
         "the loser of the dedup unique-index race raises instead of resolving to the winner",
         "rlm_core/dedup.py",
-        "return None  # a concurrent upload of the same bytes won: resolve to it",
-        "raise",
+        (("return None  # a concurrent upload of the same bytes won: resolve to it", "raise"),),
         "tests/unit/test_dedup.py::test_the_loser_of_the_unique_index_race_resolves_to_the_winner",
     ),
     Survivor(
         "a cache key idle exactly REDIS_CACHE_TTL_HOURS is not unlinked (>= becomes >)",
         "rlm_core/policy.py",
-        "if key.idle_seconds >= cache_ttl_seconds:",
-        "if key.idle_seconds > cache_ttl_seconds:",
+        (
+            (
+                "if key.idle_seconds >= cache_ttl_seconds:",
+                "if key.idle_seconds > cache_ttl_seconds:",
+            ),
+        ),
         "tests/unit/test_cleanup_cache.py::"
         "test_a_key_idle_exactly_the_ttl_is_unlinked_and_one_second_less_is_bounded",
     ),
     Survivor(
         "a plain UNLINK replaces the atomic check-and-unlink",
         "rlm_core/cleanup/cache.py",
-        "gone = cache.unlink_idle([k.key for k in keys], ttl_seconds)",
-        "gone = cache.unlink([k.key for k in keys])",
+        (
+            (
+                "gone = cache.unlink_idle([k.key for k in keys], ttl_seconds)",
+                "gone = cache.unlink([k.key for k in keys])",
+            ),
+        ),
         "tests/unit/test_cleanup_cache.py::test_a_key_read_between_the_scan_and_the_unlink_is_kept",
     ),
 ]
@@ -131,14 +145,17 @@ def main() -> int:
         for s in SIX:
             path = tree / s.path
             original = path.read_text(encoding="utf-8")
-            forms = [(s.before, s.after), *([s.alternative] if s.alternative else [])]
-            found = [(b, a) for b, a in forms if original.count(b) == 1]
+            forms = [f for f in (s.edits, s.alternative) if f]
+            found = [f for f in forms if all(original.count(b) == 1 for b, _ in f)]
             if not found:
                 print(f"CANNOT APPLY  {s.what}: the source no longer reads as expected")
                 bad += 1
                 continue
+            mutated_source = original
+            for before, after in found[0]:
+                mutated_source = mutated_source.replace(before, after)
             clean = outcome(tree, s.test)
-            path.write_text(original.replace(*found[0]), encoding="utf-8")
+            path.write_text(mutated_source, encoding="utf-8")
             try:
                 mutated = outcome(tree, s.test)
             finally:
