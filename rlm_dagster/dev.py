@@ -1,4 +1,9 @@
-"""`rlm run`: the embedded demo end to end: seed, keep the embedded Redis up, run `dagster dev`."""
+"""`rlm run`: the embedded demo end to end: seed, keep the embedded Redis up, run `dg dev`.
+
+`dg dev` (dagster-dg-cli, pinned to the dagster release it was built with) replaces the superseded
+`dagster dev`: given the module (`-m`), it starts the same webserver, daemon and code server with
+no project scaffolding, and prints no SupersessionWarning.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import urllib.request
 from collections.abc import Mapping
 from contextlib import suppress
+from pathlib import Path
 
 from rlm_core.demo import seed_demo
 from rlm_core.lifecycle import LifecycleManager
@@ -23,6 +30,7 @@ from rlm_dagster.jobs import SNAPSHOT_JOB
 from rlm_dagster.run_tags import REASON_TAG, TRIGGER_TAG, Trigger
 
 DEFAULT_PORT = 3000
+CODE_LOCATION_MODULE = "rlm_dagster.definitions"
 STOP_TIMEOUT_SECONDS = 30
 STARTUP_TIMEOUT_SECONDS = 180
 
@@ -53,6 +61,33 @@ def port_from_env(environ: Mapping[str, str]) -> int:
     return int(raw)
 
 
+def dagster_log_format(settings: Settings) -> str:
+    """The webserver's and daemon's log format for RLM_LOG_FORMAT: JSON lines like rlm's own
+    events, or Dagster's colored lines for `text`."""
+    return "json" if settings.log_format == "json" else "colored"
+
+
+def dg_executable() -> str:
+    """The `dg` console script of this interpreter's environment (installed with rlm)."""
+    return str(Path(sysconfig.get_path("scripts")) / "dg")
+
+
+def dev_command(port: int, log_format: str) -> list[str]:
+    """`dg dev` serving rlm's code location on 127.0.0.1:`port`."""
+    return [
+        dg_executable(),
+        "dev",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-m",
+        CODE_LOCATION_MODULE,
+        "--log-format",
+        log_format,
+    ]
+
+
 def run(settings: Settings) -> int:
     """Seed the embedded stores if empty, then serve Dagster on 127.0.0.1 until Ctrl-C."""
     port = port_from_env(os.environ)
@@ -62,8 +97,9 @@ def run(settings: Settings) -> int:
         settings = Settings.from_env(env)
     env["DAGSTER_HOME"] = str(ensure_dagster_home(settings))
     env["RLM_DATA_DIR"] = str(settings.data_dir.resolve())
+    log_format = dagster_log_format(settings)
     if not is_embedded(settings):
-        return _serve(port, env)
+        return _serve(port, env, log_format)
     # The seeding manager is closed before serving: Qdrant's local mode locks its folder for as
     # long as a client is open, and the runs need it.
     with LifecycleManager.from_settings(settings) as manager:
@@ -73,7 +109,7 @@ def run(settings: Settings) -> int:
     # (which a server restart resets) keep growing and the Redis sweep has work to do.
     keepalive = hold_embedded_cache(settings)
     try:
-        return _serve(port, env)
+        return _serve(port, env, log_format)
     finally:
         keepalive.close()
 
@@ -82,23 +118,12 @@ def _empty(manager: LifecycleManager) -> bool:
     return all(m.total_items == 0 for m in manager.metrics().values())
 
 
-def _serve(port: int, env: dict[str, str]) -> int:
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "dev",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-m",
-        "rlm_dagster.definitions",
-    ]
+def _serve(port: int, env: dict[str, str], log_format: str) -> int:
+    command = dev_command(port, log_format)
     print(f"rlm: Dagster UI on http://127.0.0.1:{port} (Ctrl-C stops everything)", flush=True)
     child = subprocess.Popen(command, env=env, start_new_session=True)
     threading.Thread(target=_first_snapshot, args=(port, env), daemon=True).start()
-    # dagster dev runs in its own session so one signal reaches its whole group; SIGTERM and
+    # dg dev runs in its own session so one signal reaches its whole group; SIGTERM and
     # SIGHUP to rlm stop it the same way Ctrl-C does.
     # SIGINT too: a shell's background job inherits it as ignored, and Ctrl-C must still work.
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -133,7 +158,7 @@ def _first_snapshot(port: int, env: dict[str, str]) -> None:
         "job",
         "launch",
         "-m",
-        "rlm_dagster.definitions",
+        CODE_LOCATION_MODULE,
         "-j",
         SNAPSHOT_JOB,
         "--tags",
@@ -149,7 +174,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _stop(child: subprocess.Popen[bytes]) -> int:
-    # dagster dev shuts its webserver, daemon and code servers down on SIGINT; the group kill
+    # dg dev shuts its webserver, daemon and code servers down on SIGINT; the group kill
     # afterwards catches anything that outlived it.
     with suppress(ProcessLookupError):
         os.killpg(child.pid, signal.SIGINT)

@@ -83,13 +83,14 @@ def test_instance_uses_current_conventions(tmp_path: Path) -> None:
     assert yaml.safe_load((home / "dagster.yaml").read_text())["nux"] == {"enabled": False}
 
 
-def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
+def test_dg_cli_validates_the_project(tmp_path: Path) -> None:
+    """`dg check defs` finds the project through dg.toml, loads it and prints no deprecation."""
     env = clean_subprocess_env(
         DAGSTER_HOME=str(dagster_home(tmp_path / "home")), RLM_DATA_DIR=str(tmp_path / "data")
     )
-    dagster = str(REPO_ROOT / ".venv" / "bin" / "dagster")
+    dg_cli = str(REPO_ROOT / ".venv" / "bin" / "dg")
     done = subprocess.run(
-        [dagster, "definitions", "validate", "-w", "workspace.yaml"],
+        [dg_cli, "check", "defs"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -97,7 +98,9 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "All code locations passed validation" in done.stdout + done.stderr
+    assert "All definitions loaded successfully" in done.stdout + done.stderr
+    for word in ("Warning", "superseded", "deprecated", "does not match"):
+        assert word not in done.stdout + done.stderr
 
 
 def test_invalid_settings_make_a_clear_load_error(tmp_path: Path) -> None:
