@@ -97,6 +97,32 @@ def post_json(url: str, body: dict[str, Any], token: str, timeout: float) -> dic
     return answer
 
 
+def log_format(env: dict[str, str]) -> str:
+    """Dagster's --log-format for RLM_LOG_FORMAT (json unless it says text), as `rlm run` does."""
+    from rlm_core.settings import Settings
+    from rlm_dagster.dev import dagster_log_format
+
+    return dagster_log_format(Settings.from_env(env))
+
+
+def topology_commands(
+    grpc: int, web: int, api: int, workspace: Path, log_format: str
+) -> dict[str, list[str]]:
+    """The four processes' command lines; the three Dagster ones log in `log_format`."""
+    logs = ["--log-format", log_format]
+    return {
+        "code-server": [
+            "dagster", "api", "grpc", "--module-name", "rlm_dagster.definitions",
+            "--attribute", "defs", "--host", "127.0.0.1", "--port", str(grpc), *logs,
+        ],
+        "webserver": [
+            "dagster-webserver", "-h", "127.0.0.1", "-p", str(web), "-w", str(workspace), *logs,
+        ],
+        "daemon": ["dagster-daemon", "run", "-w", str(workspace), *logs],
+        "api": ["rlm", "api", "--host", "127.0.0.1", "--port", str(api)],
+    }  # fmt: skip
+
+
 @contextmanager
 def processes(root: Path, env: dict[str, str]) -> Iterator[dict[str, Any]]:
     """Start the four processes, each in its own folder under root; stop them at the end."""
@@ -108,15 +134,7 @@ def processes(root: Path, env: dict[str, str]) -> Iterator[dict[str, Any]]:
         f"      port: {grpc}\n      location_name: rlm\n"
     )
     env = {**env, "RLM_DAGSTER_URL": f"http://127.0.0.1:{web}"}
-    commands = {
-        "code-server": [
-            "dagster", "api", "grpc", "--module-name", "rlm_dagster.definitions",
-            "--attribute", "defs", "--host", "127.0.0.1", "--port", str(grpc),
-        ],
-        "webserver": ["dagster-webserver", "-h", "127.0.0.1", "-p", str(web), "-w", str(workspace)],
-        "daemon": ["dagster-daemon", "run", "-w", str(workspace)],
-        "api": ["rlm", "api", "--host", "127.0.0.1", "--port", str(api)],
-    }  # fmt: skip
+    commands = topology_commands(grpc, web, api, workspace, log_format(env))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for name, command in commands.items():

@@ -4,6 +4,7 @@ README's Production topology."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,62 @@ def test_helm_queue_limits_are_those_of_the_instance_config() -> None:
     runs = instance["concurrency"]["runs"]
     assert coordinator["maxConcurrentRuns"] == runs["max_concurrent_runs"]
     assert coordinator["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
+
+
+# ------------------------------------------------------------- RLM_LOG_FORMAT reaches Dagster
+
+DAGSTER_COMMANDS = ("rlm-code", "dagster-webserver", "dagster-daemon")
+
+
+def _flag(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+def test_compose_gives_dagster_processes_the_log_format_of_rlm_log_format() -> None:
+    """RLM_LOG_FORMAT=json in compose: the code server, webserver and daemon log JSON too."""
+    services = _compose()
+    env = _rlm_services(services)["rlm-code"]
+    from rlm_dagster.dev import dagster_log_format
+
+    expected = dagster_log_format(Settings.from_env({"RLM_LOG_FORMAT": env["RLM_LOG_FORMAT"]}))
+    assert expected == "json"
+    for name in DAGSTER_COMMANDS:
+        assert _flag(services[name]["command"], "--log-format") == expected, name
+
+
+def test_the_dockerfile_code_server_logs_json() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    (cmd,) = re.findall(r"^CMD (\[.*\])$", text, re.MULTILINE)
+    assert _flag(yaml.safe_load(cmd), "--log-format") == "json"
+
+
+def test_helm_gives_the_code_server_and_webserver_json_logs() -> None:
+    values = _helm()
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    env = {item["name"]: str(item["value"]) for item in deployment["env"]}
+    assert env["RLM_LOG_FORMAT"] == "json"
+    assert _flag(deployment["dagsterApiGrpcArgs"], "--log-format") == "json"
+    web_env = {item["name"]: item["value"] for item in values["dagsterWebserver"]["env"]}
+    assert web_env == {"DAGSTER_WEBSERVER_LOG_FORMAT": "json"}
+
+
+def test_dagster_webserver_reads_its_log_format_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What the Helm value relies on: dagster-webserver's options come from DAGSTER_WEBSERVER_*
+    (its entry point sets click's auto_envvar_prefix); the daemon has no such variable."""
+    from dagster._daemon.cli import cli as daemon_cli
+    from dagster_webserver.cli import cli as webserver_cli
+    from dagster_webserver.cli import main as webserver_main
+
+    monkeypatch.setenv("DAGSTER_WEBSERVER_LOG_FORMAT", "json")
+    context = webserver_cli.make_context(
+        "dagster-webserver", ["--empty-workspace"], auto_envvar_prefix="DAGSTER_WEBSERVER"
+    )
+    assert context.params["log_format"] == "json"
+    monkeypatch.setenv("DAGSTER_DAEMON_LOG_FORMAT", "json")
+    run = daemon_cli.get_command(daemon_cli.make_context("dagster-daemon", ["run"]), "run")
+    assert run is not None
+    assert run.make_context("run", []).params["log_format"] == "colored"
+    # The console script's main() is what passes the prefix.
+    assert 'auto_envvar_prefix="DAGSTER_WEBSERVER"' in inspect.getsource(webserver_main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -59,7 +60,7 @@ def test_a_cleanup_goes_api_webserver_daemon_code_server(
         "RLM_CLEANUP_MODE": "enforce",
     }
     done = subprocess.run(
-        [sys.executable, str(REPO / "deploy" / "split_topology.py")],
+        [sys.executable, str(REPO / "deploy" / "split_topology.py"), "--keep"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -68,6 +69,20 @@ def test_a_cleanup_goes_api_webserver_daemon_code_server(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout)
+    root = Path(summary["root"])
+    try:
+        # RLM_LOG_FORMAT is unset (json): the webserver and the daemon log JSON lines only.
+        for name in ("webserver", "daemon"):
+            lines = (root / name / "process.log").read_text().splitlines()
+            events = [json.loads(line) for line in lines if line.strip()]
+            assert any(str(e.get("logger")).startswith("dagster") for e in events), name
+        # The code server's own lines are JSON too; the run workers it starts share its output
+        # and log through the run's console logger, which the job chooses.
+        lines = (root / "code-server" / "process.log").read_text().splitlines()
+        own = [json.loads(line) for line in lines if line.startswith("{")]
+        assert any(str(e.get("logger")).startswith("dagster") for e in own), lines[:20]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
     cleanup = summary["cleanup"]
     assert cleanup["success"] is True, cleanup
     assert cleanup["deleted_counts"]["redis"] == len(stale)
