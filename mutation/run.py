@@ -676,6 +676,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "work is copied too).",
         "Score = killed / (killed + survived). Goal: >= 95% per module.",
         "",
+        f"Wall time of that run: {doc['last_run_wall_seconds'] / 60:.1f} min "
+        "(the budget for `make mutation` is 30 min on this 2-core machine).",
+        "",
         "| module | score | killed | survived | equivalent | mutants run | suite | wall |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
