@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from rlm_core.audit import open_audit
 from rlm_core.cleanup.cache import sweep_cache
-from rlm_core.cleanup.context import Budget, Leases, StoreSet, Sweep
+from rlm_core.cleanup.context import Budget, Leases, StoreSet, Sweep, SweepOptions
 from rlm_core.cleanup.documents import expire_documents
 from rlm_core.cleanup.objects import sweep_orphan_objects
 from rlm_core.cleanup.vectors import sweep_vectors
@@ -203,7 +203,8 @@ class LifecycleManager:
         for row in STORE_TABLE.values():
             report.deleted_counts.setdefault(row.store, 0)
             report.bytes_freed.setdefault(row.store, 0)
-        return Sweep(s, stores, retention, audit, Budget(cap), report, run_id, dry_run)
+        options = SweepOptions.from_settings(s)
+        return Sweep(options, stores, retention, audit, Budget(cap), report, run_id, dry_run)
 
     def _metadata_populated(self, sweep: Sweep) -> bool:
         # An empty metadata store makes every point and object look orphaned: far likelier a

@@ -32,6 +32,16 @@ class Retention:
         """Documents and objects last touched before this instant are old."""
         return self.now - self.files_ttl
 
+    @property
+    def files_ttl_days(self) -> float:
+        """FILES_TTL_DAYS, as the audit's reasons name it."""
+        return self.files_ttl / timedelta(days=1)
+
+    @property
+    def cache_ttl_seconds(self) -> int:
+        """REDIS_CACHE_TTL_HOURS in whole seconds, at least 1 (what Redis's IDLETIME counts)."""
+        return max(1, round(self.cache_ttl.total_seconds()))
+
 
 class DocumentVerdict(enum.Enum):
     """What the age rules say of a document before references are read."""

@@ -12,8 +12,8 @@ from rlm_core.ports import CacheKey
 def sweep_cache(sweep: Sweep) -> None:
     """UNLINK persistent keys idle past REDIS_CACHE_TTL_HOURS; EXPIRE the others to time left."""
     cache = sweep.stores.cache()
-    ttl_seconds = max(1, round(sweep.settings.redis_cache_ttl_hours * 3600))
-    for batch in cache.scan(sweep.settings.batch_size):
+    ttl_seconds = sweep.retention.cache_ttl_seconds
+    for batch in cache.scan(sweep.options.batch_size):
         sweep.heartbeat()
         unlink: list[CacheKey] = []
         expire: list[tuple[bytes, int]] = []

@@ -146,11 +146,32 @@ class Planned:
     cache_keys: set[bytes] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """What the sweeps need besides the cut-offs (`Retention`): how to page, and which names
+    are ours."""
+
+    batch_size: int
+    minio_bucket: str
+    audit_prefix: str
+    redis_document_key_templates: tuple[str, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SweepOptions:
+        """The options of a run, from its settings."""
+        return cls(
+            batch_size=settings.batch_size,
+            minio_bucket=settings.minio_bucket,
+            audit_prefix=settings.audit_prefix,
+            redis_document_key_templates=settings.redis_document_key_templates,
+        )
+
+
 @dataclass
 class Sweep:
     """Everything a sweep needs: stores, the rules' cut-offs, the audit, the cap, the report."""
 
-    settings: Settings
+    options: SweepOptions
     stores: StoreSet
     retention: Retention
     audit: AuditLog

@@ -37,7 +37,7 @@ class _Plan:
 def expire_documents(sweep: Sweep) -> None:
     """Expire every document that is neither touched within FILES_TTL nor actively referenced."""
     metadata = sweep.stores.metadata()
-    for batch in metadata.iter_documents(sweep.settings.batch_size):
+    for batch in metadata.iter_documents(sweep.options.batch_size):
         sweep.heartbeat()
         candidates = [doc for doc in batch if _is_candidate(sweep, doc)]
         if candidates:
@@ -71,7 +71,7 @@ def _is_candidate(sweep: Sweep, doc: DocumentRecord) -> bool:
 def _is_our_object(sweep: Sweep, doc: DocumentRecord) -> bool:
     # A document whose file lives in another bucket is not ours to cascade: its record is the
     # only pointer to that object, so it stays.
-    return doc.minio_bucket == sweep.settings.minio_bucket
+    return doc.minio_bucket == sweep.options.minio_bucket
 
 
 def _expire_batch(sweep: Sweep, candidates: list[DocumentRecord]) -> None:
@@ -257,7 +257,7 @@ def _count(
 
 
 def _cache_keys(sweep: Sweep, doc_ids: list[str]) -> dict[str, list[bytes]]:
-    templates = sweep.settings.redis_document_key_templates
+    templates = sweep.options.redis_document_key_templates
     return {d: [t.format(doc_id=d).encode() for t in templates] for d in doc_ids}
 
 
@@ -272,7 +272,7 @@ def _entry(sweep: Sweep, plan: _Plan) -> AuditEntry:
         size_bytes=plan.object_size or 0,
         reason=(
             f"not touched since {touched.isoformat() if touched else '?'} "
-            f"(FILES_TTL_DAYS={sweep.settings.files_ttl_days}) and no active session references it"
+            f"(FILES_TTL_DAYS={sweep.retention.files_ttl_days}) and no active session references it"
         ),
         extra={
             "id_type": "ObjectId" if doc.oid else "str",

@@ -19,7 +19,7 @@ REFERENCE_WINDOW = 10 * S3_DELETE_BATCH
 def sweep_orphan_objects(sweep: Sweep) -> None:
     """List first, then read references per window, then batch-delete the old unreferenced."""
     window: list[ObjectInfo] = []
-    audit_prefix = sweep.settings.audit_prefix
+    audit_prefix = sweep.options.audit_prefix
     for obj in sweep.stores.objects().iter_objects():
         if obj.key.startswith(audit_prefix):
             continue  # rlm's own audit trail (RLM_AUDIT_SINK=s3): never an orphan
@@ -85,7 +85,7 @@ def _entry(sweep: Sweep, obj: ObjectInfo) -> AuditEntry:
         size_bytes=obj.size,
         reason=(
             f"no document references it and last modified {obj.last_modified.isoformat()} "
-            f"is older than FILES_TTL_DAYS={sweep.settings.files_ttl_days}"
+            f"is older than FILES_TTL_DAYS={sweep.retention.files_ttl_days}"
         ),
         extra={"bucket": sweep.stores.objects().bucket},
     )

@@ -27,7 +27,7 @@ _REFUSAL = (
 def sweep_vectors(sweep: Sweep) -> None:
     """Judge each page of points on positive evidence only; delete the doomed, page by page."""
     vectors = sweep.stores.vectors()
-    for page in vectors.iter_points(sweep.settings.batch_size):
+    for page in vectors.iter_points(sweep.options.batch_size):
         sweep.heartbeat()
         old = _old_points(sweep, page)
         doomed = _doomed(sweep, old) if old else []

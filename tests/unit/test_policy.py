@@ -358,3 +358,22 @@ def test_upload_sessions_are_named_after_their_document(
 )
 def test_objects_are_old_strictly_before_the_files_cutoff(modified: datetime, old: bool) -> None:
     assert object_is_old(ObjectInfo("k", 1, modified), RETENTION) is old
+
+
+@pytest.mark.parametrize(
+    ("cache_ttl", "seconds"),
+    [
+        (timedelta(hours=0.5), 1800),
+        (timedelta(seconds=1.6), 2),
+        (timedelta(seconds=1.4), 1),
+        (timedelta(seconds=0.2), 1),  # Redis counts idle time in whole seconds: at least 1
+        (timedelta(0), 1),
+    ],
+)
+def test_retention_gives_the_cache_ttl_in_whole_seconds(cache_ttl: timedelta, seconds: int) -> None:
+    assert dataclasses.replace(RETENTION, cache_ttl=cache_ttl).cache_ttl_seconds == seconds
+
+
+def test_retention_gives_the_files_ttl_in_days_as_the_setting_reads() -> None:
+    assert dataclasses.replace(RETENTION, files_ttl=timedelta(days=7)).files_ttl_days == 7.0
+    assert dataclasses.replace(RETENTION, files_ttl=timedelta(hours=12)).files_ttl_days == 0.5
