@@ -3,16 +3,18 @@ per-store leases that keep two cleanups of a store apart, and streaming in chunk
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from rlm_core.batching import chunked
-from rlm_core.cleanup.context import LEASE_TTL, Budget, Leases
+from rlm_core.cleanup.context import LEASE_TTL, Budget, Leases, SweepOptions
 from rlm_core.clock import FakeClock
 from rlm_core.domain import ResourceType
 from rlm_core.ports import StoreError
+from rlm_core.settings import Settings
 from tests.fakes import MemoryMetadata, MemoryMongo
 from tests.faults import FaultPlan, OnCall, hooked
 from tests.unit.rig import NOW, make_rig
@@ -250,3 +252,18 @@ def test_a_lease_taken_over_mid_run_stops_that_sweep(tmp_path: Path) -> None:
         f"(other until {rig.clock.now() + LEASE_TTL}); run stopped"
     ]
     assert rig.mongo.leases == {"redis": ("other", rig.clock.now() + LEASE_TTL)}
+
+
+def test_a_runs_options_come_from_its_settings_and_cannot_change_mid_run() -> None:
+    settings = Settings.from_env(
+        {"RLM_BATCH_SIZE": "250", "MINIO_BUCKET": "docs", "RLM_AUDIT_PREFIX": "trail/"}
+    )
+    options = SweepOptions.from_settings(settings)
+    assert (options.batch_size, options.minio_bucket, options.audit_prefix) == (
+        250,
+        "docs",
+        "trail/",
+    )
+    assert options.redis_document_key_templates == settings.redis_document_key_templates
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.batch_size = 1  # type: ignore[misc]
