@@ -150,13 +150,24 @@ class LifecycleManager:
         """The parts a Redis sweep can be split into (a cluster's primaries); StoreError if down."""
         return self.stores.cache().shards()
 
+    def _shards_if_reachable(self) -> list[str]:
+        # Redis down: its own sweep will fail and report it; the other stores still run.
+        try:
+            return self.cache_shards()
+        except StoreError:
+            return []
+
     def _lease(self, sweep: Sweep, steps: tuple[Step, ...], shard: str | None = None) -> bool:
         names = {store for step in steps for store in STEP_LEASES[step]}
+        redis = ResourceType.REDIS_CACHE.store
         if shard is not None:
             # The parts of one fan-out run side by side: each leases its own shard, so two
-            # sweeps of one primary never overlap (the run-level guard keeps whole-store runs
-            # apart, and the check-and-unlink script never counts a key twice).
-            names = {f"{ResourceType.REDIS_CACHE.store}@{shard}"}
+            # sweeps of one primary never overlap.
+            names = {f"{redis}@{shard}"}
+        elif redis in names:
+            # A run touching the whole cache also leases every shard, so it never overlaps a
+            # fan-out's part, whatever the run-level guard saw.
+            names |= {f"{redis}@{name}" for name in self._shards_if_reachable()}
         leases = Leases(self.stores.metadata(), names, sweep.run_id, self.clock.now)
         try:
             busy = leases.acquire()

@@ -169,11 +169,28 @@ def test_a_shard_held_by_another_run_is_refused_and_others_go_on(
         assert any("another cleanup of redis@" in e for e in refused.errors), refused.errors
         went = manager.cleanup(ResourceType.REDIS_CACHE, shard=free)
         assert went.success and went.deleted_counts["redis"] > 0
-        # A whole-store run is not held up by a part's lease: the run-level guard keeps them
-        # apart, and the atomic check-and-unlink never counts a key twice.
-        assert metadata.acquire_lease("redis", "x", clock.now(), LEASE) is None
-        metadata.release_lease("redis", "x")
+        # A run over the whole cache leases every shard too: it waits for the busy part.
+        whole = manager.cleanup(ResourceType.REDIS_CACHE)
+        assert whole.deleted_counts["redis"] == 0
+        assert any(f"another cleanup of redis@{busy}" in e for e in whole.errors), whole.errors
     assert keys_of(by_primary(cluster)[busy]) & idle  # the busy shard kept its keys
+
+
+def test_a_part_waits_for_a_run_over_the_whole_cache(
+    cluster: RedisCluster, env: dict[str, str]
+) -> None:
+    store = RedisCacheStore(cluster, PATTERNS)
+    seed(store, 30, 2 * HOUR)
+    clock = FakeClock()
+    with LifecycleManager.from_settings(Settings.from_env(), clock) as manager:
+        shard = manager.cache_shards()[0]
+        metadata = manager.stores.metadata()
+        metadata.ensure_indexes()
+        for name in manager.cache_shards():  # what a whole-cache run holds while it sweeps
+            assert metadata.acquire_lease(f"redis@{name}", "whole-run", clock.now(), LEASE) is None
+        part = manager.cleanup(ResourceType.REDIS_CACHE, shard=shard)
+    assert part.deleted_counts["redis"] == 0
+    assert any(f"another cleanup of redis@{shard}" in e for e in part.errors), part.errors
 
 
 def test_a_shard_is_only_for_the_redis_cache(env: dict[str, str]) -> None:
