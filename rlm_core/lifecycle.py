@@ -17,6 +17,7 @@ from rlm_core.clock import Clock, SystemClock
 from rlm_core.dedup import ingest
 from rlm_core.domain import (
     MONGODB,
+    REDIS,
     CleanupReport,
     ErasureReceipt,
     IngestResult,
@@ -150,24 +151,25 @@ class LifecycleManager:
         """The parts a Redis sweep can be split into (a cluster's primaries); StoreError if down."""
         return self.stores.cache().shards()
 
-    def _shards_if_reachable(self) -> list[str]:
-        # Redis down: its own sweep will fail and report it; the other stores still run.
+    def _shards_to_lease(self, sweep: Sweep) -> list[str]:
+        # The cluster down: reported now (a sweep of it fails on its own); the other stores
+        # still run, and no part of a fan-out can sweep a cluster that does not answer.
         try:
             return self.cache_shards()
-        except StoreError:
+        except StoreError as exc:
+            sweep.report.errors.append(f"{REDIS}: cannot read the cluster's primaries: {exc}")
             return []
 
     def _lease(self, sweep: Sweep, steps: tuple[Step, ...], shard: str | None = None) -> bool:
         names = {store for step in steps for store in STEP_LEASES[step]}
-        redis = ResourceType.REDIS_CACHE.store
         if shard is not None:
             # The parts of one fan-out run side by side: each leases its own shard, so two
             # sweeps of one primary never overlap.
-            names = {f"{redis}@{shard}"}
-        elif redis in names:
-            # A run touching the whole cache also leases every shard, so it never overlaps a
-            # fan-out's part, whatever the run-level guard saw.
-            names |= {f"{redis}@{name}" for name in self._shards_if_reachable()}
+            names = {f"{REDIS}@{shard}"}
+        elif REDIS in names and self.settings.redis_cluster:
+            # A run touching the whole cluster also leases every primary, so it never overlaps
+            # a fan-out's part, whatever the run-level guard saw.
+            names |= {f"{REDIS}@{name}" for name in self._shards_to_lease(sweep)}
         leases = Leases(self.stores.metadata(), names, sweep.run_id, self.clock.now)
         try:
             busy = leases.acquire()
