@@ -16,7 +16,6 @@ import dagster as dg
 from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.lifecycle import PLANS
 from rlm_core.priority import usage_reason
-from rlm_dagster.fanout import FANOUT_JOB, PLAN_OP
 from rlm_dagster.jobs import CLEANUP_OP, cleanup_run_config
 from rlm_dagster.mode import ModeDecision
 from rlm_dagster.queue import CLEANUP_JOB
@@ -102,31 +101,24 @@ def pressure_request(snapshot: Snapshot, decision: ModeDecision) -> dg.RunReques
 
 
 def pending_cleanups(instance: dg.DagsterInstance) -> list[PendingCleanup]:
-    """The cleanup_job and redis_fanout_job runs that are queued or running, whatever launched
-    them (a fan-out run is a cleanup of the Redis cache)."""
-    pending = []
-    for job_name in (CLEANUP_JOB, FANOUT_JOB):
-        records = instance.get_run_records(
-            filters=dg.RunsFilter(job_name=job_name, statuses=list(PENDING))
-        )
-        pending += [pending_of(record.dagster_run) for record in records]
-    return pending
+    """The cleanup_job runs that are queued or running, whatever launched them."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=CLEANUP_JOB, statuses=list(PENDING))
+    )
+    return [pending_of(record.dagster_run) for record in records]
 
 
 def pending_of(run: dg.DagsterRun) -> PendingCleanup:
     """A run as a pending cleanup, read from its run config (what its op will do; a run queued
     from the UI may not carry rlm's tags yet)."""
-    fan_out = run.job_name == FANOUT_JOB
     ops = (run.run_config or {}).get("ops")
-    op = ops.get(PLAN_OP if fan_out else CLEANUP_OP) if isinstance(ops, dict) else None
+    op = ops.get(CLEANUP_OP) if isinstance(ops, dict) else None
     config = op.get("config") if isinstance(op, dict) else None
     config = config if isinstance(config, dict) else {}
     return PendingCleanup(
         run_id=run.run_id,
         status=run.status.value,
-        resource_type=(
-            ResourceType.REDIS_CACHE if fan_out else target_of(config.get("resource_type"))
-        ),
+        resource_type=target_of(config.get("resource_type")),
         dry_run=config.get("dry_run") is True,
     )
 

@@ -16,7 +16,6 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from rlm_core.domain import CleanupPriority, ResourceType
 from rlm_core.settings import Settings
-from rlm_dagster.fanout import FANOUT_JOB, fanout_run_config
 from rlm_dagster.jobs import cleanup_run_config
 from rlm_dagster.mode import CleanupMode, ModeDecision
 from rlm_dagster.queue import CLEANUP_JOB
@@ -300,21 +299,3 @@ def test_other_stores_are_not_held_back(
     qdrant_id = report_snapshot(instance, ResourceType.QDRANT_VECTORS, 90.0, HIGH)
     [request] = requests_of(tick(instance, None))
     assert request.run_key == f"usage-qdrant-{qdrant_id}"
-
-
-def test_a_pending_fanout_run_covers_the_redis_cache(
-    instance: dg.DagsterInstance, rlm_env: Path
-) -> None:
-    """In cluster mode the Redis schedule queues redis_fanout_job: it is a Redis cleanup too."""
-    fanout = build_definitions(Settings.from_env()).resolve_job_def(FANOUT_JOB)
-    tags = cleanup_tags(
-        ResourceType.REDIS_CACHE, LOW, "scheduled", Trigger.SCHEDULE, CleanupMode.ENFORCE
-    )
-    run = submit(
-        instance, fanout, dg.RunRequest(run_config=fanout_run_config().to_config_dict(), tags=tags)
-    )
-    redis_id = report_snapshot(instance, ResourceType.REDIS_CACHE, 95.0, CRITICAL)
-    assert skip_message(tick(instance, None)) == (
-        f"No cleanup requested: redis snapshot {redis_id}: enforce cleanup run {run.run_id} "
-        "of redis_cache is already QUEUED (enforce mode)"
-    )
