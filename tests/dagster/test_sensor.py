@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import dagster as dg
 import pytest
-from dagster._core.remote_origin import (
-    InProcessCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
-)
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from rlm_core.domain import CleanupPriority, ResourceType
-from rlm_core.settings import Settings
-from rlm_dagster.jobs import cleanup_run_config
 from rlm_dagster.mode import CleanupMode, ModeDecision
-from rlm_dagster.queue import CLEANUP_JOB
-from rlm_dagster.run_tags import Trigger, cleanup_tags
 from rlm_dagster.sensors import build_pressure_sensor
 from rlm_dagster.snapshots import new_snapshot_records
-from rlm_dagster.wiring import build_definitions
 from tests.dagster.conftest import report_snapshot
 
 LOW = CleanupPriority.LOW
@@ -106,15 +92,14 @@ def test_high_and_critical_become_prioritized_cleanup_runs(instance: dg.DagsterI
 
 
 def test_at_most_five_per_tick_and_none_lost_or_repeated(instance: dg.DagsterInstance) -> None:
-    """Five snapshots a tick are read; one store's several snapshots make one request (its latest)."""
     ids = [report_snapshot(instance, ResourceType.REDIS_CACHE, 80.0 + i, HIGH) for i in range(7)]
     calm = report_snapshot(instance, ResourceType.MINIO_FILES, 1.0, LOW)
     first = tick(instance, None)
     first_keys = [r.run_key for r in requests_of(first)]
-    assert first_keys == [f"usage-redis-{ids[4]}"]
+    assert first_keys == [f"usage-redis-{sid}" for sid in ids[:5]]
     assert isinstance(first, dg.SensorResult) and first.cursor == str(ids[4])
     second = tick(instance, first.cursor)
-    assert [r.run_key for r in requests_of(second)] == [f"usage-redis-{ids[6]}"]
+    assert [r.run_key for r in requests_of(second)] == [f"usage-redis-{sid}" for sid in ids[5:]]
     assert isinstance(second, dg.SensorResult) and second.cursor == str(calm)
     assert set(first_keys).isdisjoint(r.run_key for r in requests_of(second))
 
@@ -153,149 +138,3 @@ def test_sensor_targets_cleanup_job_by_name_without_warnings(
     assert not [
         w for w in recwarn if "Warning" in type(w.message).__name__ and "dagster" in w.filename
     ]
-
-
-# --- no second cleanup while one that covers the store is queued or running -------------------
-
-
-@pytest.fixture
-def cleanup_job(rlm_env: Path) -> Iterator[dg.JobDefinition]:
-    """The real cleanup_job, so the runs below are the ones the daemon would launch."""
-    yield build_definitions(Settings.from_env()).resolve_job_def(CLEANUP_JOB)
-
-
-# Where the code location serves cleanup_job (workspace.yaml's module); a queued run records it.
-ORIGIN = RemoteJobOrigin(
-    repository_origin=RemoteRepositoryOrigin(
-        code_location_origin=InProcessCodeLocationOrigin(
-            LoadableTargetOrigin(module_name="rlm_dagster.definitions", attribute="defs")
-        ),
-        repository_name="__repository__",
-    ),
-    job_name=CLEANUP_JOB,
-)
-
-
-def submit(
-    instance: dg.DagsterInstance, job: dg.JobDefinition, request: dg.RunRequest
-) -> dg.DagsterRun:
-    """What the sensor daemon does with a request under the QueuedRunCoordinator: a QUEUED run."""
-    return instance.create_run_for_job(
-        job,
-        run_config=request.run_config,
-        tags=request.tags,
-        status=dg.DagsterRunStatus.QUEUED,
-        remote_job_origin=ORIGIN,
-    )
-
-
-def manual(
-    instance: dg.DagsterInstance,
-    job: dg.JobDefinition,
-    resource_type: ResourceType | None,
-    dry_run: bool,
-    started: bool = False,
-) -> dg.DagsterRun:
-    """A cleanup launched by hand (UI, CLI, API), queued, then moved to `started` if asked."""
-    tags = cleanup_tags(resource_type, HIGH, "Manual cleanup", Trigger.MANUAL, CleanupMode.ENFORCE)
-    config = cleanup_run_config(resource_type, dry_run=dry_run)
-    run = submit(instance, job, dg.RunRequest(run_config=config, tags=tags))
-    if started:
-        move(instance, run, dg.DagsterEventType.RUN_START)
-    return run
-
-
-def move(instance: dg.DagsterInstance, run: dg.DagsterRun, event: dg.DagsterEventType) -> None:
-    """Report a run event, as the run worker does; the run's status follows it."""
-    instance.report_dagster_event(
-        dg.DagsterEvent(event_type_value=event.value, job_name=run.job_name), run.run_id
-    )
-
-
-def skip_message(result: dg.SensorResult | dg.SkipReason) -> str:
-    assert isinstance(result, dg.SensorResult) and not result.run_requests
-    assert result.skip_reason is not None and result.skip_reason.skip_message
-    return result.skip_reason.skip_message
-
-
-def test_observe_mode_requests_no_dry_run_while_one_is_queued_or_running(
-    instance: dg.DagsterInstance, cleanup_job: dg.JobDefinition
-) -> None:
-    """Observe mode deletes nothing, so the store stays CRITICAL: without the check, every
-    snapshot would queue one more full dry run."""
-    report_snapshot(instance, ResourceType.REDIS_CACHE, 95.0, CRITICAL)
-    first = tick(instance, None, OBSERVE)
-    run = submit(instance, cleanup_job, requests_of(first)[0])
-    assert isinstance(first, dg.SensorResult)
-
-    second_id = report_snapshot(instance, ResourceType.REDIS_CACHE, 96.0, CRITICAL)
-    queued = tick(instance, first.cursor, OBSERVE)
-    assert skip_message(queued) == (
-        f"No cleanup requested: redis snapshot {second_id}: dry-run cleanup run {run.run_id} "
-        "of redis_cache is already QUEUED (observe mode)"
-    )
-    assert isinstance(queued, dg.SensorResult) and queued.cursor == str(second_id)
-
-    move(instance, run, dg.DagsterEventType.RUN_START)
-    third_id = report_snapshot(instance, ResourceType.REDIS_CACHE, 96.5, CRITICAL)
-    running = tick(instance, queued.cursor, OBSERVE)
-    assert f"run {run.run_id} of redis_cache is already STARTED (observe mode)" in skip_message(
-        running
-    )
-
-    move(instance, run, dg.DagsterEventType.RUN_SUCCESS)
-    fourth_id = report_snapshot(instance, ResourceType.REDIS_CACHE, 97.0, CRITICAL)
-    assert isinstance(running, dg.SensorResult)
-    [again] = requests_of(tick(instance, running.cursor, OBSERVE))
-    assert again.run_key == f"usage-redis-{fourth_id}" and third_id < fourth_id
-    assert again.run_config["ops"]["cleanup"]["config"]["dry_run"] is True
-
-
-def test_enforce_mode_requests_no_cleanup_a_pending_real_cleanup_covers(
-    instance: dg.DagsterInstance, cleanup_job: dg.JobDefinition
-) -> None:
-    everything = manual(instance, cleanup_job, None, dry_run=False)
-    minio = manual(instance, cleanup_job, ResourceType.MINIO_FILES, dry_run=False, started=True)
-    qdrant_id = report_snapshot(instance, ResourceType.QDRANT_VECTORS, 85.0, HIGH)
-    message = skip_message(tick(instance, None))
-    # A cleanup of all stores covers each store.
-    assert message == (
-        f"No cleanup requested: qdrant snapshot {qdrant_id}: enforce cleanup run "
-        f"{everything.run_id} of all is already QUEUED (enforce mode)"
-    )
-    instance.report_run_canceled(everything)
-    # A running MinIO cleanup expires documents: all that a MongoDB cleanup does.
-    mongo_id = report_snapshot(instance, ResourceType.MONGODB_METADATA, 93.0, CRITICAL)
-    assert skip_message(tick(instance, str(qdrant_id))) == (
-        f"No cleanup requested: mongodb snapshot {mongo_id}: enforce cleanup run {minio.run_id} "
-        "of minio_files is already STARTED (enforce mode)"
-    )
-    # With the all-stores run canceled, Qdrant gets its cleanup.
-    later_qdrant = report_snapshot(instance, ResourceType.QDRANT_VECTORS, 86.0, HIGH)
-    result = tick(instance, str(mongo_id))
-    assert [r.run_key for r in requests_of(result)] == [f"usage-qdrant-{later_qdrant}"]
-
-
-def test_a_pending_dry_run_does_not_hold_back_a_real_cleanup(
-    instance: dg.DagsterInstance, cleanup_job: dg.JobDefinition
-) -> None:
-    """A dry run relieves no pressure: enforce mode still queues the real cleanup. In observe
-    mode, a pending real cleanup makes a dry run of the same store pointless."""
-    manual(instance, cleanup_job, ResourceType.REDIS_CACHE, dry_run=True)
-    snapshot_id = report_snapshot(instance, ResourceType.REDIS_CACHE, 90.0, HIGH)
-    [request] = requests_of(tick(instance, None))
-    assert request.run_key == f"usage-redis-{snapshot_id}"
-    real = manual(instance, cleanup_job, ResourceType.REDIS_CACHE, dry_run=False)
-    assert skip_message(tick(instance, None, OBSERVE)).endswith(
-        f"enforce cleanup run {real.run_id} of redis_cache is already QUEUED (observe mode)"
-    )
-
-
-def test_other_stores_are_not_held_back(
-    instance: dg.DagsterInstance, cleanup_job: dg.JobDefinition
-) -> None:
-    manual(instance, cleanup_job, ResourceType.REDIS_CACHE, dry_run=False, started=True)
-    report_snapshot(instance, ResourceType.REDIS_CACHE, 90.0, HIGH)
-    qdrant_id = report_snapshot(instance, ResourceType.QDRANT_VECTORS, 90.0, HIGH)
-    [request] = requests_of(tick(instance, None))
-    assert request.run_key == f"usage-qdrant-{qdrant_id}"
