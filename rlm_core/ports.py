@@ -37,7 +37,7 @@ class MissingStoreError(StoreError):
 # ---------------------------------------------------------------- cache (Redis)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CacheKey:
     """A cache key as seen by one SCAN pass.
 
@@ -52,7 +52,7 @@ class CacheKey:
     memory_bytes: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CacheSeed:
     """A key to write (rlm_core.seeding); idle_seconds backdates its idle time."""
 
@@ -112,7 +112,7 @@ class CacheStore(Protocol):
 # ---------------------------------------------------------------- vectors (Qdrant)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PointInfo:
     """One point's lifecycle-relevant payload, raw as stored (types are validated by policy)."""
 
@@ -123,7 +123,7 @@ class PointInfo:
     payload_bytes: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PointRef:
     """A point judged for deletion: its id and the payload values the judgement relied on."""
 
@@ -132,7 +132,7 @@ class PointRef:
     document_id: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PointPin:
     """A point to erase: its id and the payload values (at least one) that made it the user's;
     it goes only while each pinned value is still the one read."""
@@ -142,7 +142,7 @@ class PointPin:
     document_id: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VectorPoint:
     """A point to write (rlm_core.seeding)."""
 
@@ -203,7 +203,7 @@ class VectorStore(Protocol):
 # ---------------------------------------------------------------- objects (MinIO / S3)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     """An object as listed."""
 
@@ -249,7 +249,7 @@ class ObjectStore(Protocol):
 # ---------------------------------------------------------------- metadata (MongoDB)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DocumentRecord:
     """A `documents` record as the lifecycle rules see it.
 
@@ -279,7 +279,7 @@ class DocumentRecord:
         return (self.id, self.oid)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionRecord:
     """A `chat_sessions` record by its exact `_id` (`id` its string form, `oid` whether it is an
     ObjectId) and its owner (None when user_id is missing or not a string)."""
@@ -294,7 +294,7 @@ class SessionRecord:
         return (self.id, self.oid)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MessageRecord:
     """A `messages` record by its exact `_id`, with the string form of the session its chat_id
     names."""
@@ -317,7 +317,7 @@ class Touch(enum.Enum):
     GONE = "gone"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NewDocument:
     """Fields of a document rlm's ingest creates."""
 
@@ -332,7 +332,7 @@ class NewDocument:
     created_at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetadataStats:
     """Measured size of the metadata store."""
 
@@ -383,6 +383,11 @@ class MetadataStore(Protocol):
 
     def find_documents(self, doc_ids: Sequence[str]) -> list[DocumentRecord]:
         """Every record whose `_id`, as an ObjectId or as a string, has one of these forms."""
+        ...
+
+    def document_identities(self, doc_ids: Sequence[str]) -> set[tuple[str, bool]]:
+        """The exact `_id` (`DocumentRecord.identity`: string form, is-ObjectId) of every record
+        `find_documents` would return for these ids, read without decoding the records."""
         ...
 
     def check_references(self) -> None:

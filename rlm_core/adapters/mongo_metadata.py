@@ -233,6 +233,19 @@ class MongoMetadataStore:
                         found.append(record)
         return found
 
+    def document_identities(self, doc_ids: Sequence[str]) -> set[tuple[str, bool]]:
+        """The exact `_id` of every record find_documents would return, projected to `_id`."""
+        wanted = set(doc_ids)
+        found: set[tuple[str, bool]] = set()
+        with _guard("document_identities"):
+            for batch in chunked(wanted, IN_BATCH):
+                query = {"_id": {"$in": id_candidates(batch)}}
+                for raw in self._documents.find(query, {"_id": 1}):
+                    doc_id = raw.get("_id")
+                    if str(doc_id) in wanted:
+                        found.add((str(doc_id), isinstance(doc_id, ObjectId)))
+        return found
+
     def check_references(self) -> None:
         """Refuse when documents exist but a reference collection is missing or unreadable."""
         with _guard("check_references"):

@@ -237,6 +237,19 @@ class SqliteMetadataStore:
             )
         return found
 
+    def document_identities(self, doc_ids: Sequence[str]) -> set[tuple[str, bool]]:
+        """The exact `_id` of every record find_documents would return, bodies left undecoded."""
+        found: set[tuple[str, bool]] = set()
+        sql = (
+            "SELECT sid, json_extract(body, '$._id.\"$oid\"') IS NOT NULL FROM documents "
+            "WHERE sid IN (SELECT value FROM json_each(?))"
+        )
+        for batch in chunked(set(doc_ids), IN_BATCH):
+            found.update(
+                (str(sid), bool(oid)) for sid, oid in self._query(sql, (json.dumps(batch),))
+            )
+        return found
+
     def check_references(self) -> None:
         """Refuse when documents exist but a reference table cannot be read."""
         try:

@@ -43,10 +43,11 @@ def sweep_vectors(sweep: Sweep) -> None:
 
 def _old_points(sweep: Sweep, page: list[PointInfo]) -> list[PointEvidence]:
     old: list[PointEvidence] = []
+    since, planned = sweep.retention.active_since, sweep.planned.points if sweep.dry_run else ()
     for point in page:
-        if sweep.dry_run and point.point_id in sweep.planned.points:
+        if point.point_id in planned:
             continue  # the cascade of this dry run counted it already
-        verdict, evidence = point_evidence(point, sweep.retention.active_since)
+        verdict, evidence = point_evidence(point, since)
         if verdict is PointVerdict.UNKNOWN:
             sweep.report.add_unknown(QDRANT)
         elif evidence is not None:
@@ -77,8 +78,8 @@ def _doomed(sweep: Sweep, old: list[PointEvidence]) -> list[tuple[PointEvidence,
 
 def _existing_documents(sweep: Sweep, doc_ids: list[str]) -> set[str]:
     # In a dry run the documents its cascade would have deleted count as gone already.
-    records = sweep.stores.metadata().find_documents(doc_ids)
-    return {r.id for r in records if r.identity not in sweep.planned.documents}
+    identities = sweep.stores.metadata().document_identities(doc_ids)
+    return {identity[0] for identity in identities if identity not in sweep.planned.documents}
 
 
 def _unprotected(sweep: Sweep, points: list[PointEvidence]) -> list[PointEvidence]:

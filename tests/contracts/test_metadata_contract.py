@@ -301,6 +301,38 @@ def test_find_documents_returns_every_id_form_once(store: MetadataStore) -> None
     assert store.find_documents([]) == []
 
 
+def test_document_identities_are_exactly_the_identities_find_documents_reads(
+    store: MetadataStore,
+) -> None:
+    # Every _id shape: an ObjectId and a string of the same hex (two records), a plain string,
+    # a malformed record (it still exists, so it still protects its points), an int _id (no
+    # string form names it) and one written through insert_document.
+    hex_id, new_id = str(ObjectId()), store.insert_document(_new())
+    metadata_seeder(store).insert_raw(
+        "documents",
+        [
+            _raw_doc(ObjectId(hex_id)),
+            _raw_doc(hex_id),
+            _raw_doc("legacy"),
+            _raw_doc("broken", user_id=5, created_at="yesterday"),
+            _raw_doc(7),
+        ],
+    )
+    ids = [hex_id, "legacy", "broken", "7", new_id, "nope", str(ObjectId())]
+    identities = store.document_identities(ids)
+    assert identities == {r.identity for r in store.find_documents(ids)}
+    assert identities == {
+        (hex_id, True),
+        (hex_id, False),
+        ("legacy", False),
+        ("broken", False),
+        (new_id, True),
+    }
+    assert store.document_identities([hex_id]) == {(hex_id, True), (hex_id, False)}
+    assert store.document_identities([]) == set()
+    assert store.document_identities(["nope"]) == set()
+
+
 MISSING = object()  # the field is absent from the record
 # minio_bucket as stored -> whether the record names its key in our bucket ("documents").
 BUCKETS: dict[str, tuple[Any, bool]] = {

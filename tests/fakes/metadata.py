@@ -140,6 +140,13 @@ class MemoryMetadata:
         """Every record whose `_id`, as an ObjectId or as a string, has one of these forms."""
         return [document_record(raw) for raw in self._find_raw(set(doc_ids))]
 
+    def document_identities(self, doc_ids: Sequence[str]) -> set[tuple[str, bool]]:
+        """The exact `_id` of every record find_documents would return."""
+        return {
+            (str(raw["_id"]), isinstance(raw["_id"], ObjectId))
+            for raw in self._find_raw(set(doc_ids))
+        }
+
     def check_references(self) -> None:
         """Refuse when documents exist but a reference collection does not."""
         with self._client.lock:

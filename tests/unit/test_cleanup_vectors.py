@@ -202,7 +202,7 @@ def test_a_refused_sweep_stops_at_the_first_page(tmp_path: Path) -> None:
     rig.seed.points(rig.seed.oid(), "chat", age=OLD, count=3)
     report = rig.cleanup(VECTORS)
     assert report.errors == [REFUSAL]
-    assert len(rig.called("metadata.find_documents")) == 1
+    assert len(rig.called("metadata.document_identities")) == 1
 
 
 def test_points_are_judged_and_deleted_page_by_page(tmp_path: Path) -> None:
@@ -227,7 +227,7 @@ def test_the_cap_counts_points_and_stops_the_sweep(tmp_path: Path) -> None:
     assert report.capped
     assert len(rig.audit()) == 3
     # the sweep stops once the cap is spent: the last page is never judged
-    assert len(rig.called("metadata.find_documents")) == 2
+    assert len(rig.called("metadata.document_identities")) == 2
 
 
 def test_a_cap_spent_exactly_at_a_page_end_stops_the_sweep(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_a_cap_spent_exactly_at_a_page_end_stops_the_sweep(tmp_path: Path) -> No
         rig.seed.points(rig.seed.oid(), "chat", age=OLD)
     report = rig.cleanup(VECTORS, cap=2)
     assert report.capped
-    assert len(rig.called("metadata.find_documents")) == 1
+    assert len(rig.called("metadata.document_identities")) == 1
 
 
 def test_a_cap_left_unspent_is_not_reported_as_capped(rig: Rig) -> None:
