@@ -42,16 +42,27 @@ def measure_cache(cache: CacheStore, settings: Settings, now: datetime) -> Resou
 def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> ResourceMetrics:
     """Exact point count; size = points x dim x 4 + payload (sampled); oldest created_at.
 
-    One scroll of the lifecycle fields over the whole collection, plus one page that weighs a
-    payload sample (local mode sorts every point id for each scroll request, so requests, not
-    points, are what a pass costs there); a collection no bigger than the sample is weighed
-    whole in its one scroll."""
+    One pass over the collection: its first scroll request reads the whole payloads of a
+    PAYLOAD_SAMPLE_POINTS prefix and weighs them, the rest read the lifecycle fields (local
+    mode sorts every point id for each scroll request, so requests, not points, are what a pass
+    costs there); a collection no bigger than the sample is weighed whole."""
     count = vectors.count()
-    if count <= PAYLOAD_SAMPLE_POINTS:
-        oldest, payload, sampled = *_weighed_whole(vectors), False
-    else:
-        oldest = _oldest_created(vectors.iter_points(settings.batch_size))
-        payload, sampled = _payload_bytes(vectors, count)
+    weight = seen = 0
+
+    def weighing() -> Iterator[list[PointInfo]]:
+        nonlocal weight, seen
+        for batch in vectors.iter_points(settings.batch_size, weigh_first=PAYLOAD_SAMPLE_POINTS):
+            for point in batch:
+                if point.payload_bytes is not None:
+                    seen, weight = seen + 1, weight + point.payload_bytes
+            yield batch
+
+    oldest = _oldest_created(weighing())
+    # Payload text is the bulk of a point's bytes; reading all of it to weigh it is the cost of
+    # a full export, so a prefix sample (the scan's first request) is weighed and extrapolated
+    # (flagged); a collection no bigger than the sample is weighed whole.
+    sampled = 0 < seen < count
+    payload = round(weight / seen * count) if sampled else weight
     size = count * settings.qdrant_vector_size * 4 + payload
     age = age_hours(now, oldest) if oldest else 0.0
     usage = _Usage(count, size, age, count / settings.max_qdrant_points, sampled)
@@ -74,34 +85,6 @@ def _oldest_created(pages: Iterator[list[PointInfo]]) -> datetime | None:
             if parsed is not None:
                 lowest, oldest = created, parsed.created_at
     return oldest
-
-
-def _weighed_whole(vectors: VectorStore) -> tuple[datetime | None, int]:
-    """The oldest created_at and every payload's bytes in one pass: a collection no bigger than
-    the payload sample is weighed whole by the scroll that finds its oldest point."""
-    weight = 0
-
-    def weighed() -> Iterator[list[PointInfo]]:
-        nonlocal weight
-        for batch in vectors.iter_points(PAYLOAD_SAMPLE_POINTS, with_payload_size=True):
-            weight += sum(p.payload_bytes or 0 for p in batch)
-            yield batch
-
-    return _oldest_created(weighed()), weight
-
-
-def _payload_bytes(vectors: VectorStore, count: int) -> tuple[int, bool]:
-    # Payload text is the bulk of a point's bytes; reading all of it to weigh it is the cost
-    # of a full export, so one page of a prefix sample is weighed and extrapolated (flagged).
-    seen = weight = 0
-    for batch in vectors.iter_points(PAYLOAD_SAMPLE_POINTS, with_payload_size=True):
-        seen, weight = len(batch), sum(p.payload_bytes or 0 for p in batch)
-        break
-    if seen == 0:
-        return 0, False
-    if seen >= count:
-        return weight, False
-    return round(weight / seen * count), True
 
 
 def measure_objects(objects: ObjectStore, settings: Settings, now: datetime) -> ResourceMetrics:

@@ -163,9 +163,11 @@ class VectorStore(Protocol):
         ...
 
     def iter_points(
-        self, batch_size: int, with_payload_size: bool = False
+        self, batch_size: int, with_payload_size: bool = False, weigh_first: int = 0
     ) -> Iterator[list[PointInfo]]:
-        """Stream points (no vectors) in batches."""
+        """Stream points (no vectors) in batches. With with_payload_size every point carries
+        payload_bytes; with weigh_first=n only the first n points of the scan do (a sample
+        weighed in the same pass), read with their whole payloads."""
         ...
 
     def points_for_documents(self, document_ids: Sequence[str]) -> dict[str, list[str]]:

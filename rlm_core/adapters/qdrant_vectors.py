@@ -73,16 +73,28 @@ class QdrantVectorStore:
             return self._client.count(self.collection, exact=True).count
 
     def iter_points(
-        self, batch_size: int, with_payload_size: bool = False
+        self, batch_size: int, with_payload_size: bool = False, weigh_first: int = 0
     ) -> Iterator[list[PointInfo]]:
-        """Stream points (no vectors) in batches; nothing when the collection does not exist."""
+        """Stream points (no vectors) in batches; nothing when the collection does not exist.
+        weigh_first=n: the first scroll request reads n whole payloads and weighs them, the
+        scan goes on from there with the lifecycle fields (one pass, not a second scan)."""
         payload: list[str] | bool = True if with_payload_size else list(LIFECYCLE_FIELDS)
         if not self._exists():
             return
+        offset: models.ExtendedPointId | None = None
+        if weigh_first > 0 and not with_payload_size:
+            with self._errors("scroll"):
+                records, offset = self._client.scroll(
+                    self.collection, limit=weigh_first, with_payload=True, with_vectors=False
+                )
+            for start in range(0, len(records), batch_size):
+                yield [_point_info(r, True) for r in records[start : start + batch_size]]
+            if offset is None:
+                return
         # Payload weighing reads a small prefix sample: big pages would only copy more text.
         big = self.scan_deletes and not with_payload_size
         page = max(batch_size, _LOCAL_PAGE) if big else batch_size
-        for records in self._scroll(page, payload):
+        for records in self._scroll(page, payload, start=offset):
             if len(records) > batch_size:
                 # A page split into batches: id order scatters a document's points over the
                 # page, grouped each batch names far fewer documents for the sweep to read.
@@ -184,10 +196,14 @@ class QdrantVectorStore:
                     )
 
     def _scroll(
-        self, page: int, payload: list[str] | bool, scroll_filter: models.Filter | None = None
+        self,
+        page: int,
+        payload: list[str] | bool,
+        scroll_filter: models.Filter | None = None,
+        start: models.ExtendedPointId | None = None,
     ) -> Iterator[list[models.Record]]:
         with self._errors("scroll"):
-            offset: models.ExtendedPointId | None = None
+            offset = start
             while True:
                 records, offset = self._client.scroll(
                     self.collection,

@@ -126,6 +126,28 @@ def test_payload_size_only_when_asked(vectors: QdrantVectorStore) -> None:
     assert (all_points(vectors, with_payload_size=True)[0].payload_bytes or 0) > 500
 
 
+@pytest.mark.parametrize("weigh_first", [1, 150, 300, 1000])
+def test_weigh_first_weighs_a_prefix_in_the_same_pass(
+    vectors: QdrantVectorStore, weigh_first: int
+) -> None:
+    vectors.ensure_collection()
+    vector_seeder(vectors).upsert(
+        [point(f"d{i // 10}", i % 10, text="x" * (i % 7)) for i in range(300)]
+    )
+    weighed = {p.point_id: p.payload_bytes for p in all_points(vectors, with_payload_size=True)}
+    scan = all_points(vectors, weigh_first=weigh_first)
+    # Every point once; the first weigh_first of the scan weighed exactly as a full weighing
+    # weighs them, none after.
+    assert sorted(p.point_id for p in scan) == sorted(weighed)
+    prefix = min(weigh_first, 300)
+    assert [p.payload_bytes for p in scan[:prefix]] == [weighed[p.point_id] for p in scan[:prefix]]
+    assert all(p.payload_bytes is None for p in scan[prefix:])
+    lifecycle = {
+        p.point_id: (p.session_id, p.document_id, p.created_at) for p in all_points(vectors)
+    }
+    assert {p.point_id: (p.session_id, p.document_id, p.created_at) for p in scan} == lifecycle
+
+
 # A second adapter over the same qdrant_client: about qdrant-client's collection config.
 @pytest.mark.parametrize("vectors", ["local-scan", "local-filter"], indirect=True)
 def test_point_bytes_come_from_the_collection_config(

@@ -59,12 +59,23 @@ class MemoryVectors:
             return len(found.points) if found else 0
 
     def iter_points(
-        self, batch_size: int, with_payload_size: bool = False
+        self, batch_size: int, with_payload_size: bool = False, weigh_first: int = 0
     ) -> Iterator[list[PointInfo]]:
         """Stream points in QdrantVectorStore's local-mode order: pages of ids in id order, each
-        page (read at once) grouped by document; payload weighing reads plain id order."""
+        page (read at once) grouped by document; payload weighing reads plain id order, and
+        weigh_first=n weighs the first n ids in a first page of their own."""
         page_size = batch_size if with_payload_size else max(batch_size, SCAN_PAGE)
         after = ""
+        if weigh_first > 0 and not with_payload_size:
+            with self._client.lock:
+                stored = self._points()
+                ids = sorted(stored)[:weigh_first]
+                sample = [(pid, stored[pid]) for pid in ids]
+            for start in range(0, len(sample), batch_size):
+                yield [_info(pid, p, True) for pid, p in sample[start : start + batch_size]]
+            if len(ids) < weigh_first:
+                return
+            after = ids[-1]
         while True:
             with self._client.lock:
                 stored = self._points()
