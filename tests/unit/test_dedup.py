@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
+from rlm_core.adapters import disk_objects
+from rlm_core.adapters.disk_objects import DiskObjectStore
 from rlm_core.adapters.mongo_metadata import CLAIM_FIELD
 from rlm_core.dedup import HashingReader, ingest, safe_filename
 from rlm_core.domain import IngestResult
@@ -325,3 +329,82 @@ def test_a_store_error_mid_upload_removes_the_uploaded_copy(rig: Rig) -> None:
         upload(rig)
     assert rig.objects() == set()
     assert rig.documents() == set()
+
+
+# --- the embedded disk store's copy: writeback started early, fsync still last -----------------
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
+    """4-byte chunks, writeback every 8 bytes; records writeback ranges and fsyncs in order."""
+    monkeypatch.setattr(disk_objects, "CHUNK_BYTES", 4)
+    monkeypatch.setattr(disk_objects, "WRITEBACK_BYTES", 8)
+    events: list[tuple[str, int, int]] = []
+    real_start, real_fsync = disk_objects.start_writeback, os.fsync
+
+    def start(fd: int, offset: int, nbytes: int) -> bool:
+        events.append(("writeback", offset, nbytes))
+        assert os.fstat(fd).st_size >= offset + nbytes  # written before handed
+        return real_start(fd, offset, nbytes)
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", 0, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(disk_objects, "start_writeback", start)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+def put_bytes(tmp_path: Path, data: bytes, length: int | None = None) -> bytes:
+    store = DiskObjectStore(tmp_path, "bucket")
+    store.ensure_bucket()
+    written = store.put("u/report.pdf", HashingReader(io.BytesIO(data)), length, None)  # type: ignore[arg-type]
+    assert written == (len(data) if length is None else length)
+    return (tmp_path / "bucket" / "u" / "report.pdf").read_bytes()
+
+
+def test_the_disk_store_hands_each_written_range_to_the_disk_once_and_fsyncs_last(
+    tmp_path: Path, small_chunks: list[tuple[str, int, int]]
+) -> None:
+    data = bytes(range(30))
+    assert put_bytes(tmp_path, data) == data
+    assert small_chunks == [
+        ("writeback", 0, 8),
+        ("writeback", 8, 8),
+        ("writeback", 16, 8),
+        ("fsync", 0, 30),  # the tail (6 bytes) is left to the fsync, which comes last
+    ]
+
+
+def test_the_disk_store_copies_exactly_length_bytes_with_early_writeback(
+    tmp_path: Path, small_chunks: list[tuple[str, int, int]]
+) -> None:
+    data = bytes(range(30))
+    assert put_bytes(tmp_path, data, length=17) == data[:17]
+    assert small_chunks == [("writeback", 0, 8), ("writeback", 8, 8), ("fsync", 0, 17)]
+
+
+@pytest.mark.parametrize("available", [False, True])
+def test_writeback_that_is_missing_or_fails_changes_nothing_but_the_head_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, available: bool
+) -> None:
+    monkeypatch.setattr(disk_objects, "CHUNK_BYTES", 4)
+    monkeypatch.setattr(disk_objects, "WRITEBACK_BYTES", 8)
+    calls: list[int] = []
+
+    def failing(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        calls.append(flags)
+        return -1
+
+    monkeypatch.setattr(disk_objects, "_sync_file_range", failing if available else None)
+    assert disk_objects.start_writeback(0, 0, 8) is False
+    data = bytes(range(30))
+    assert put_bytes(tmp_path, data) == data
+    assert calls == ([2, 2, 2, 2] if available else [])  # SYNC_FILE_RANGE_WRITE: no wait
+
+
+def test_writeback_is_started_on_linux() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("sync_file_range is Linux-only")
+    assert disk_objects._sync_file_range is not None
