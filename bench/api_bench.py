@@ -158,17 +158,35 @@ def _check_snapshot_answer(port: int) -> None:
         raise RuntimeError(f"no usage snapshot served for {missing}: {body}")
 
 
-def metrics_rows(seconds: float, cold_requests: int) -> list[Row]:
+class Prepared:
+    """A fresh instance holding one snapshot_job run (untimed set-up): started by `prepare`,
+    possibly while other untimed work runs, and waited for by `metrics_rows`."""
+
+    def __init__(self) -> None:
+        self.scratch = Path(tempfile.mkdtemp(prefix="rlm-bench-api-"))
+        self.env = _environment(self.scratch)
+        log("api: one snapshot_job run into a fresh instance")
+        self.snapshot = _start_snapshot({**self.env, "PYTHONPATH": str(ROOT)})
+
+    def wait(self) -> None:
+        """Until the snapshot_job run has finished (an error unless it succeeded)."""
+        _finish_snapshot(self.snapshot)
+
+
+def prepare() -> Prepared:
+    """Start the set-up: the snapshot_job run goes on in its own process."""
+    return Prepared()
+
+
+def metrics_rows(seconds: float, cold_requests: int, prepared: Prepared | None = None) -> list[Row]:
     """p50 and p99 of GET /metrics (and of /health, the baseline) with 10 concurrent clients."""
-    scratch = Path(tempfile.mkdtemp(prefix="rlm-bench-api-"))
+    prepared = prepared or prepare()
+    scratch, env = prepared.scratch, prepared.env
     try:
-        env = _environment(scratch)
-        log("api: one snapshot_job run into a fresh instance, rlm api starting meanwhile")
-        snapshot = _start_snapshot({**env, "PYTHONPATH": str(ROOT)})
-        # Neither start-up is measured: the server's imports overlap the job's, and nothing is
-        # requested from the server before the job has finished.
+        # Neither start-up is measured: the server's imports overlap the job's if it still
+        # runs, and nothing is requested from the server before the job has finished.
         with _api(env, scratch) as port:
-            _finish_snapshot(snapshot)
+            prepared.wait()
             _check_snapshot_answer(port)
             log(f"api: {CLIENTS} clients for {seconds:g} s each on /health, then /metrics")
             health, _ = latencies(port, HEALTH, seconds)
@@ -239,7 +257,9 @@ def help_row(runs: int) -> Row:
                "baseline: the bare interpreter (python -c pass)")  # fmt: skip
 
 
-def run(profile: str) -> list[Row]:
-    """The API latency rows and the `rlm --help` row for the `quick` or `full` profile."""
+def run(profile: str, prepared: Prepared | None = None) -> list[Row]:
+    """The API latency rows and the `rlm --help` row for the `quick` or `full` profile, over
+    `prepared` (api_bench.prepare()) when given."""
     p = PROFILES[profile]
-    return [*metrics_rows(p["load_seconds"], p["cold_requests"]), help_row(p["help_runs"])]
+    metrics = metrics_rows(p["load_seconds"], p["cold_requests"], prepared)
+    return [*metrics, help_row(p["help_runs"])]

@@ -62,7 +62,7 @@ def sweep(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def _part(params: dict[str, Any], shard: str) -> dict[str, Any]:
-    return run_worker("bench.fanout_bench:sweep", {**params, "shard": shard})
+    return run_worker("bench.fanout_bench:sweep", {**params, "shard": shard}, fork=True)
 
 
 def _shards(ports: list[int], data_dir: str) -> list[str]:
@@ -137,6 +137,7 @@ def run(sizes: list[int], runs: int) -> list[Row]:
                 res = run_worker(
                     "bench.fanout_bench:sweep",
                     {"ports": ports, "data_dir": data_dir, "run_id": f"one-{n}-{r}"},
+                    fork=True,
                 )
                 assert res["deleted"] + res["repaired"] == n, res
                 one.append(res["seconds"])
@@ -151,7 +152,8 @@ def run(sizes: list[int], runs: int) -> list[Row]:
                         )
                     )
                 assert sum(p["deleted"] + p["repaired"] for p in parts) == n, parts
-                # The slowest part is the fan-out's time (process start-up left out, as above).
+                # The slowest part is the fan-out's time (process start-up left out, as above;
+                # the parts are forked from bench/run's fork server at once, see bench/worker.py).
                 fan.append(max(p["seconds"] for p in parts))
                 log(
                     f"fanout n={n} run {r + 1}: one worker {one[-1]:.2f}s, "

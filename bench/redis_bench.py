@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -212,8 +214,7 @@ def naive_sweep(params: dict[str, Any]) -> dict[str, Any]:
             else:
                 client.expire(key, ttl - idle)
         done += 1
-        # Checked every 100 keys (~50 ms of this loop): the cap is kept to within that.
-        if done % 100 == 0 and time.perf_counter() - start > cap:
+        if done % 1000 == 0 and time.perf_counter() - start > cap:
             capped = True
             break
     seconds = time.perf_counter() - start
@@ -245,10 +246,16 @@ def floor_scan(port: int) -> float:
 
 
 def run(
-    sizes: list[int], runs: int, naive_cap: float, memory_sizes: list[int] | None = None
+    sizes: list[int],
+    runs: int,
+    naive_cap: float,
+    memory_sizes: list[int] | None = None,
+    defer: list[Callable[[], None]] | None = None,
 ) -> tuple[list[Row], Memory]:
     """Each size `runs` times (rlm, raw and naive interleaved), plus one traced rlm run per size
-    for rlm's own memory, or per size of `memory_sizes` when given (10x apart)."""
+    for rlm's own memory, or per size of `memory_sizes` when given (10x apart): those on a
+    redis-server of their own, run now or, given `defer`, appended to it for the caller to run
+    with other untimed work (the returned Memory has their peaks once it has)."""
     rows: list[Row] = []
     memory = Memory()
     folder = Path(tempfile.mkdtemp(prefix="rlm-bench-data-"))
@@ -271,7 +278,7 @@ def run(
                         # SCAN only reads (and does not touch idle times): the floor shares
                         # rlm's reset; it adds seconds to the idle times, far below the 1 h cut.
                         floors.append(floor_scan(port))
-                    res = run_worker(target, {"port": port, "cap_seconds": naive_cap})
+                    res = run_worker(target, {"port": port, "cap_seconds": naive_cap}, fork=True)
                     results[name].append(res)
                     sizes_after[name] = dbsize(port)
                     log(
@@ -281,20 +288,34 @@ def run(
             rows += _rows(n, results, floors, sizes_after)
             memory.growth[n] = median([growth(r) for r in results["rlm"]])
             memory.raw_growth[n] = median([growth(r) for r in results["raw"]])
-            if memory_sizes is None or n in memory_sizes:
+            if memory_sizes is None:
                 memory.own_kb[n] = _traced(port, dataset, n)
             dataset.unlink()
-        for n in sorted(set(memory_sizes or []) - set(sizes)):
+    if memory_sizes is not None:
+        job = partial(traced_memory, memory_sizes, memory)
+        if defer is None:
+            job()
+        else:
+            defer.append(job)
+    return rows, memory
+
+
+def traced_memory(sizes: list[int], memory: Memory) -> None:
+    """rlm's own peak at each size, on a redis-server of its own (biggest size first)."""
+    folder = Path(tempfile.mkdtemp(prefix="rlm-bench-data-"))
+    with redis_server() as port:
+        for n in sorted(sizes, reverse=True):
             dataset = build_dataset(port, n, folder)
             memory.own_kb[n] = _traced(port, dataset, n)
             dataset.unlink()
-    return rows, memory
 
 
 def _traced(port: int, dataset: Path, n: int) -> float:
     """rlm's own peak (KiB) in one traced sweep of the dataset."""
     reset(port, dataset)
-    traced = run_worker("bench.redis_bench:rlm_sweep", {"port": port, "trace": True}, timeout=2400)
+    traced = run_worker(
+        "bench.redis_bench:rlm_sweep", {"port": port, "trace": True}, timeout=2400, fork=True
+    )
     log(f"redis n={n} traced: own peak {traced['own_peak_kb']:.0f} KiB")
     return float(traced["own_peak_kb"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -371,10 +371,12 @@ def run(
     cap: float,
     single_run_from: int | None = None,
     memory_sizes: list[int] | None = None,
+    untimed: list[Callable[[], None]] | None = None,
 ) -> tuple[list[Row], Memory]:
     """Each size `runs` times (once from `single_run_from` objects up: counts are exact, the
     seconds then come from one run), plus one traced rlm run per size; with memory_sizes, the
-    traced runs are at those sizes instead, over an in-memory listing (MemoryListing)."""
+    traced runs are at those sizes instead, over an in-memory listing (MemoryListing). The
+    `untimed` jobs (other benches' traced runs) share the two lanes of the untimed phase."""
     rows: list[Row] = []
     memory = Memory()
     totals: dict[int, dict[str, float]] = {}
@@ -408,8 +410,11 @@ def run(
                 for n in sorted(memory_sizes or [], reverse=True)
             }
             expiry = pool.submit(_expiry, moto, folder)
+            others = [pool.submit(job) for job in untimed or []]
             memory.own_kb.update({n: future.result() for n, future in traced.items()})
             rows.append(expiry.result())
+            for future in others:
+                future.result()
     finally:
         moto.close()
     return rows, memory
@@ -423,7 +428,9 @@ def _traced_listing(folder: Path, n: int) -> float:
 
 
 def _traced(params: dict[str, Any]) -> float:
-    traced = run_worker("bench.s3_bench:rlm_objects", {**params, "trace": True}, timeout=2400)
+    traced = run_worker(
+        "bench.s3_bench:rlm_objects", {**params, "trace": True}, timeout=2400, fork=True
+    )
     where = "in-memory listing" if params.get("listing") else "S3"
     log(f"s3 n={params['n']} traced ({where}): own peak {traced['own_peak_kb']:.0f} KiB "
         f"({traced['own_top']})")  # fmt: skip
@@ -464,6 +471,7 @@ def _expiry(moto: MotoS3, folder: Path) -> Row:
         res = run_worker(
             "bench.s3_bench:rlm_expiry",
             {"port": moto.port, "sqlite": str(sqlite), "redis_port": port},
+            fork=True,
         )
     log(f"s3 expiry: {res}")
     docs = res["expired"]
@@ -497,7 +505,7 @@ def _runs(moto: MotoS3, params: dict[str, Any], runs: int) -> dict[str, list[dic
             if name == "per" and r:
                 continue
             moto.command(f"put {BUCKET} 0 {params['n']} {ORPHAN_EVERY}")  # reset the orphans
-            res = run_worker(target, params)
+            res = run_worker(target, params, fork=True)
             results[name].append(res)
             log(
                 f"s3 n={params['n']} run {r + 1} {name}: {res['seconds']:.2f}s "
