@@ -49,6 +49,7 @@ def snapshot(params: dict[str, Any]) -> dict[str, Any]:
     qdrant, _, _, _ = qdrant_bench._setup(params["points"], params["vector_size"])
     manager, own = _manager(params, qdrant)
     raw = _raw_scans(params, qdrant)
+    qdrant_bench._freeze()  # the loaded collection out of the cyclic GC's sight, for both sides
     runs = []
     for r in range(params["runs"]):
         out: dict[str, Any] = {}

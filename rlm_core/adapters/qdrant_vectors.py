@@ -95,9 +95,10 @@ class QdrantVectorStore:
         big = self.scan_deletes and not with_payload_size
         page = max(batch_size, _LOCAL_PAGE) if big else batch_size
         for records in self._scroll(page, payload, start=offset):
-            if len(records) > batch_size:
+            if len(records) > batch_size and not weigh_first:
                 # A page split into batches: id order scatters a document's points over the
-                # page, grouped each batch names far fewer documents for the sweep to read.
+                # page, grouped each batch names far fewer documents for the sweep to read (a
+                # weighing scan, a snapshot, reads no documents: it is left in id order).
                 records.sort(key=_document_order)
             for start in range(0, len(records), batch_size):
                 chunk = records[start : start + batch_size]

@@ -81,7 +81,7 @@ class MemoryVectors:
                 stored = self._points()
                 ids = sorted(pid for pid in stored if pid > after)[:page_size]
                 page = [(pid, stored[pid]) for pid in ids]
-            if not with_payload_size and len(page) > batch_size:
+            if not with_payload_size and not weigh_first and len(page) > batch_size:
                 page.sort(key=lambda item: _document_order(item[1]))
             for start in range(0, len(page), batch_size):
                 yield [
