@@ -31,7 +31,8 @@ HERE = Path(__file__).resolve().parent
 
 PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
-        # About 2 minutes of CPU on an idle machine (the summary line gives wall and CPU).
+        # Issue 16: at most 2 minutes of wall on an idle machine (the summary line gives wall
+        # and CPU); Redis, S3, erase, fan-out and API about 75 s of it (NOTES.md finding 8).
         # Timed at 5k and 20k (at 2k rlm's fixed cost, its lease, would weigh on the 0.8x goal);
         # rlm's own memory traced at 2k and 20k (10x apart; 2k spans two 1,000-key batches).
         "redis": [5_000, 20_000],
@@ -43,6 +44,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "s3_single_run_from": 10_000,
         # rlm's own S3 memory at 10k and 100k objects over an in-memory listing: 1x must fill
         # the 10,000-object reference window, and a 100k S3 sweep alone would take minutes.
+        # The traced runs, the Redis ones and the API's set-up run two at a time (untimed).
         "s3_memory": [10_000, 100_000],
         # 1x spans two sweep batches: with one batch only, rlm's memory would look flat-er
         # at 1x than it is (the sweep holds a batch while the next one is read).
@@ -58,11 +60,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         # The erased user's documents (one session per 10): the full profile's 1,000 take
         # ~2,000 HEADs per erase on moto (one per object, again in the verification pass).
         "erase_user_docs": 200,
-        "fanout": [20_000],
+        "fanout": [20_000],  # 2 s a sweep; the gain is a floor on 2 cores whatever the size
         "fanout_runs": 1,
         "runs": 2,
-        "naive_cap": 0.5,
-        "per_object_cap": 0.5,
+        "naive_cap": 0.5,  # seconds, then extrapolated (checked every 1,000 keys)
+        "per_object_cap": 0.5,  # seconds, then extrapolated; once per S3 size
         "snapshot_runs": 3,
     },
     "full": {
