@@ -298,7 +298,7 @@ def run(sizes: list[int], runs: int, target_docs: int = TARGET_DOCS) -> list[Row
         with redis_server() as port:
             params = {"target_docs": target_docs, "redis_port": port, "s3_port": moto.port,
                       "plan": plan}  # fmt: skip
-            for got in run_worker("bench.erase_bench:erase_worker", params)["runs"]:
+            for got in run_worker("bench.erase_bench:erase_worker", params, timeout=3600)["runs"]:
                 log(f"erase {got['mode']} other_docs={got['other_docs']}: {got['seconds']:.2f}s "
                     f"verified={got['verified']} {got['requests']}")  # fmt: skip
                 results.setdefault((got["mode"], got["other_docs"]), []).append(got)
