@@ -120,10 +120,11 @@ def rlm_vectors(loaded: Loaded, params: dict[str, Any]) -> dict[str, Any]:
     client, meta, now = loaded
     own = OwnMemory()
     proxy = CountingProxy(client)
-    # Sampled at each audit write (and once at the end), not after each store call: a sample
-    # reads every live trace, and local mode's engine allocates ~10 per point it returns (130
-    # ms a sample at 20k points). The sweep's peak is live at the audit write: the batch, its
-    # evidence, its doomed points and their audit entries (NOTES.md).
+    # Sampled at each page and store call of the adapter and at each audit write, not after
+    # metadata calls: a sample reads every live trace (local mode's engine allocates ~10 per
+    # point it returns: ~130 ms a sample at 20k points). Sampling at the audit writes alone was
+    # tried and under-read the 1x peak (262 against 381 KiB at 10k points): part of the peak is
+    # live only right after a page arrives (NOTES.md).
     metadata = CountingProxy(meta)
     vectors = CountingProxy(
         QdrantVectorStore(
@@ -131,7 +132,8 @@ def rlm_vectors(loaded: Loaded, params: dict[str, Any]) -> dict[str, Any]:
             COLLECTION,
             params["vector_size"],
             scan_deletes=params.get("scan_deletes", True),
-        )
+        ),
+        own.sample,
     )
     tmp = Path(tempfile.mkdtemp(prefix="rlm-bench-"))
     settings = Settings(data_dir=tmp, audit_dir=tmp, qdrant_vector_size=params["vector_size"])
