@@ -123,7 +123,7 @@ def rlm_vectors(loaded: Loaded, params: dict[str, Any]) -> dict[str, Any]:
     # Sampled at each page and store call of the adapter and at each audit write, not after
     # metadata calls: a sample reads every live trace (local mode's engine allocates ~10 per
     # point it returns: ~130 ms a sample at 20k points). Sampling at the audit writes alone was
-    # tried and under-read the 1x peak (262 against 381 KiB at 10k points): part of the peak is
+    # tried and under-read the 1x peak (262 against 306 KiB at 10k points): part of the peak is
     # live only right after a page arrives (NOTES.md).
     metadata = CountingProxy(meta)
     vectors = CountingProxy(
