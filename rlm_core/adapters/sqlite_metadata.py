@@ -110,8 +110,23 @@ _NAMING = (
 _IDS = "(SELECT value FROM json_each(:ids))"
 
 # The four reference paths of SPEC section 3, for one batch of ids (a JSON array in :ids).
-# Built from the constants above, never from data.
+# Built from the constants above, never from data. The session and message paths are read from
+# the lookup tables below (an index on the document id); _SCAN_REFERENCES walks every active
+# session's JSON instead, and is used whenever those tables cannot be trusted.
+_CONVERSATION_REFERENCES = f"""
+SELECT d.sid FROM documents d, json_tree(d.body, '$.conversation_id') t
+JOIN chat_sessions s ON s.sid = t.value
+WHERE d.sid IN {_IDS} AND {_NAMING} AND {_ACTIVE}
+"""  # noqa: S608
 _ACTIVE_REFERENCES = f"""
+SELECT r.doc FROM rlm_session_refs r JOIN chat_sessions s ON s.id = r.owner
+WHERE r.doc IN {_IDS} AND {_ACTIVE}
+UNION
+SELECT r.doc FROM rlm_message_refs r JOIN messages m ON m.id = r.owner
+JOIN chat_sessions s ON s.sid = m.chat_id
+WHERE r.doc IN {_IDS} AND {_ACTIVE}
+UNION {_CONVERSATION_REFERENCES}"""  # noqa: S608
+_SCAN_REFERENCES = f"""
 SELECT t.value FROM chat_sessions s, json_tree(s.body, '$.attached_file_ids') t
 WHERE {_ACTIVE} AND {_NAMING} AND t.value IN {_IDS}
 UNION
@@ -122,11 +137,21 @@ SELECT t.value FROM chat_sessions s
 JOIN messages m ON m.chat_id = s.sid
 JOIN json_tree(m.body, '$.file_ids') t
 WHERE {_ACTIVE} AND {_NAMING} AND t.value IN {_IDS}
-UNION
-SELECT d.sid FROM documents d, json_tree(d.body, '$.conversation_id') t
-JOIN chat_sessions s ON s.sid = t.value
-WHERE d.sid IN {_IDS} AND {_NAMING} AND {_ACTIVE}
-"""  # noqa: S608
+UNION {_CONVERSATION_REFERENCES}"""  # noqa: S608
+
+# SQLite cannot index the values inside a JSON array. So the naming leaves of each session's
+# documents and attached_file_ids, and of each message's file_ids, are kept per row (`owner`
+# is the row's `id`) in two lookup tables that triggers rewrite on every insert, update and
+# delete of the row: whoever writes, in the same statement. A file whose triggers or tables are
+# missing (a table rebuilt by hand, a migration) has them rebuilt from the rows when it is
+# opened, and until then every read walks the JSON (_SCAN_REFERENCES).
+_REFERENCE_TABLES = {
+    "rlm_session_refs": ("chat_sessions", ("$.attached_file_ids", "$.documents")),
+    "rlm_message_refs": ("messages", ("$.file_ids",)),
+}
+_REFERENCE_TRIGGERS = tuple(
+    f"{refs}_{event}" for refs in _REFERENCE_TABLES for event in ("insert", "update", "delete")
+)
 
 # SPEC 4.1 (5): a missing, empty or non-string minio_bucket names our bucket.
 _REFERENCED_KEYS = """
@@ -166,6 +191,8 @@ class SqliteMetadataStore:
                     conn.execute(f"CREATE TABLE {table} ({columns})")
             for statement in filter(str.strip, _INDEXES.split(";")):
                 conn.execute(statement)
+            if not _references_indexed(conn):
+                _rebuild_references(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def insert_document(self, doc: NewDocument) -> str:
@@ -298,7 +325,9 @@ class SqliteMetadataStore:
         found: set[str] = set()
         for batch in chunked(set(doc_ids), IN_BATCH):
             params = {"since": since, "ids": json.dumps(batch)}
-            found.update(row[0] for row in self._query(_ACTIVE_REFERENCES, params))
+            with self._locked() as conn:
+                sql = _ACTIVE_REFERENCES if _references_indexed(conn) else _SCAN_REFERENCES
+                found.update(row[0] for row in conn.execute(sql, params).fetchall())
         return found
 
     def active_sessions(self, session_ids: Sequence[str], active_since: datetime) -> set[str]:
@@ -518,6 +547,54 @@ def _unchanged(conn: sqlite3.Connection, docs: Sequence[DocumentRecord]) -> list
         if same == (doc.oid, doc.updated_at, doc.status, doc.minio_key, doc.claim):
             out.append(doc)
     return out
+
+
+def _references_indexed(conn: sqlite3.Connection) -> bool:
+    """Whether both reference lookup tables and all six triggers that keep them are in place."""
+    names = {*_REFERENCE_TABLES, *_REFERENCE_TRIGGERS}
+    rows = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type IN ('table', 'trigger') "
+        "AND name IN (SELECT value FROM json_each(?))",
+        (json.dumps(sorted(names)),),
+    )
+    return bool(rows.fetchone()[0] == len(names))
+
+
+def _rebuild_references(conn: sqlite3.Connection) -> None:
+    """Drop and recreate the reference lookup tables and their triggers, filled from the rows
+    (inside the caller's transaction). Names and paths come from the fixed tables above."""
+    for name in _REFERENCE_TRIGGERS:
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    for refs, (source, paths) in _REFERENCE_TABLES.items():
+        conn.execute(f"DROP TABLE IF EXISTS {refs}")
+        conn.execute(f"CREATE TABLE {refs} (owner TEXT NOT NULL, doc TEXT NOT NULL)")
+        conn.execute(f"CREATE INDEX {refs}_doc ON {refs} (doc)")
+        conn.execute(f"CREATE INDEX {refs}_owner ON {refs} (owner)")
+        # On insert the owner's old rows go too: INSERT OR REPLACE removes a row without firing
+        # its delete trigger.
+        fill = f"INSERT INTO {refs} (owner, doc) {_naming_leaves('NEW.id', 'NEW.body', paths)}"
+        drop_old = f"DELETE FROM {refs} WHERE owner = OLD.id"  # noqa: S608
+        drop_new = f"DELETE FROM {refs} WHERE owner = NEW.id"  # noqa: S608
+        actions = {
+            "insert": f"{drop_new}; {fill};",
+            "update": f"{drop_old}; {fill};",
+            "delete": f"{drop_old};",
+        }
+        for event, action in actions.items():
+            conn.execute(
+                f"CREATE TRIGGER {refs}_{event} AFTER {event.upper()} ON {source} "
+                f"BEGIN {action} END"
+            )
+        leaves = _naming_leaves("r.id", "r.body", paths, f"{source} r, ")
+        conn.execute(f"INSERT INTO {refs} (owner, doc) {leaves}")
+
+
+def _naming_leaves(owner: str, body: str, paths: tuple[str, ...], source: str = "") -> str:
+    """SELECT (owner, document id) of each naming leaf at these JSON paths of `body`."""
+    return " UNION ".join(
+        f"SELECT {owner}, t.value FROM {source}json_tree({body}, '{path}') t WHERE {_NAMING}"  # noqa: S608
+        for path in paths
+    )
 
 
 def _migrate(conn: sqlite3.Connection, table: str, columns: str) -> None:
