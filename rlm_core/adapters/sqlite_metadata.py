@@ -326,7 +326,7 @@ class SqliteMetadataStore:
         for batch in chunked(set(doc_ids), IN_BATCH):
             params = {"since": since, "ids": json.dumps(batch)}
             with self._locked() as conn:
-                sql = _ACTIVE_REFERENCES if _references_indexed(conn) else _SCAN_REFERENCES
+                sql = _ACTIVE_REFERENCES if _lookup_usable(conn) else _SCAN_REFERENCES
                 found.update(row[0] for row in conn.execute(sql, params).fetchall())
         return found
 
@@ -560,6 +560,19 @@ def _references_indexed(conn: sqlite3.Connection) -> bool:
     return bool(rows.fetchone()[0] == len(names))
 
 
+def _lookup_usable(conn: sqlite3.Connection) -> bool:
+    """Whether the lookup tables answer for every row: they are in place, and no session or
+    message has a NULL `id` (SQLite allows one in a TEXT primary key; such a row has no owner
+    key, so its references are not in the tables and only the JSON walk sees them)."""
+    if not _references_indexed(conn):
+        return False
+    rows = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM chat_sessions WHERE id IS NULL) "
+        "OR EXISTS (SELECT 1 FROM messages WHERE id IS NULL)"
+    )
+    return not rows.fetchone()[0]
+
+
 def _rebuild_references(conn: sqlite3.Connection) -> None:
     """Drop and recreate the reference lookup tables and their triggers, filled from the rows
     (inside the caller's transaction). Names and paths come from the fixed tables above."""
@@ -592,7 +605,8 @@ def _rebuild_references(conn: sqlite3.Connection) -> None:
 def _naming_leaves(owner: str, body: str, paths: tuple[str, ...], source: str = "") -> str:
     """SELECT (owner, document id) of each naming leaf at these JSON paths of `body`."""
     return " UNION ".join(
-        f"SELECT {owner}, t.value FROM {source}json_tree({body}, '{path}') t WHERE {_NAMING}"  # noqa: S608
+        f"SELECT {owner}, t.value FROM {source}json_tree({body}, '{path}') t "  # noqa: S608
+        f"WHERE {owner} IS NOT NULL AND {_NAMING}"
         for path in paths
     )
 

@@ -208,3 +208,32 @@ def test_a_dropped_lookup_table_is_walked_not_trusted(path: Path) -> None:
         conn.execute("DROP TABLE rlm_message_refs")
         assert store.active_references([a], SINCE) == {a}
     store.close()
+
+
+def test_a_row_with_a_null_id_is_written_and_its_references_still_protect(path: Path) -> None:
+    # SQLite lets a TEXT primary key hold NULL: such a row has no owner key in the lookup
+    # tables, so while one exists every read walks the JSON.
+    store = SqliteMetadataStore(path)
+    a, b = DOCS[:2]
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        session = {"_id": "s1", "updated_at": ACTIVE_AT, "attached_file_ids": [a]}
+        conn.execute("INSERT INTO chat_sessions (id, body) VALUES (NULL, ?)", (encode(session),))
+        message = {"_id": "m1", "chat_id": "s1", "file_ids": [b]}
+        conn.execute("INSERT INTO messages (id, body) VALUES (NULL, ?)", (encode(message),))
+        assert not sqlite_metadata._lookup_usable(conn)
+        assert _scan(conn) == {a, b}
+        assert store.active_references([a, b], SINCE) == {a, b}
+        conn.execute("DELETE FROM chat_sessions WHERE id IS NULL")
+        conn.execute("DELETE FROM messages WHERE id IS NULL")
+        assert sqlite_metadata._lookup_usable(conn)
+    store.close()
+
+
+def test_a_body_that_is_not_json_is_refused_as_before(path: Path) -> None:
+    # The generated-column indexes already refused such a write; the triggers change nothing.
+    store = SqliteMetadataStore(path)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for table in ("chat_sessions", "messages"):
+            with pytest.raises(sqlite3.OperationalError, match="malformed JSON"):
+                conn.execute(f"INSERT INTO {table} (id, body) VALUES ('x', '{{oops')")  # noqa: S608
+    store.close()
