@@ -17,11 +17,25 @@ from rlm_dagster.run_tags import MANUAL_REASON, Trigger, cleanup_tags
 from tests.dagster.conftest import dagster_home
 from tests.dagster.fakes import SCENARIOS, FakeLifecycleResource, FakeManager
 
+# Two runs execute in one process here (threads), where `rlm cleanup` runs one per process. The
+# default compute log manager mirrors the process's stdout and stderr through `tail -F`
+# subprocesses per step; two steps doing that at once in one process can each wait 30 s for the
+# other's tail to end (seen in a full-suite run: the newer run took over 60 s to finish). The
+# guard under test does not read compute logs, so this instance keeps none.
+NO_COMPUTE_LOGS = """
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
+"""
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Iterator[Path]:
     """A DAGSTER_HOME each run thread opens its own instance on (SQLite, one file per table)."""
-    yield dagster_home(tmp_path / "home")
+    path = dagster_home(tmp_path / "home")
+    with (path / "dagster.yaml").open("a") as config:
+        config.write(NO_COMPUTE_LOGS)
+    yield path
 
 
 def start_run(
