@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,6 +16,7 @@ from rlm_core.settings import Settings
 
 MIB = 1024 * 1024
 PAYLOAD_SAMPLE_POINTS = 2000
+OLDEST_CANDIDATES = 64
 
 
 @dataclass(frozen=True)
@@ -42,22 +44,37 @@ def measure_cache(cache: CacheStore, settings: Settings, now: datetime) -> Resou
 def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> ResourceMetrics:
     """Exact point count; size = points x dim x 4 + payload (sampled); oldest created_at.
 
-    One pass over the collection: its first scroll request reads the whole payloads of a
-    PAYLOAD_SAMPLE_POINTS prefix and weighs them, the rest read the lifecycle fields (local
-    mode sorts every point id for each scroll request, so requests, not points, are what a pass
-    costs there); a collection no bigger than the sample is weighed whole."""
+    One pass over the collection reading created_at alone: its first scroll request reads the
+    whole payloads of a PAYLOAD_SAMPLE_POINTS prefix and weighs them. The oldest well-formed
+    point (parse_point) is found among the OLDEST_CANDIDATES lowest numeric created_at values,
+    whose lifecycle fields are then read by id; only when none of those is well-formed while
+    lower-ranked points exist are the lifecycle fields of every point read (a second pass)."""
     count = vectors.count()
-    weight = seen = 0
-
-    def weighing() -> Iterator[list[PointInfo]]:
-        nonlocal weight, seen
-        for batch in vectors.iter_points(settings.batch_size, weigh_first=PAYLOAD_SAMPLE_POINTS):
-            for point in batch:
-                if point.payload_bytes is not None:
-                    seen, weight = seen + 1, weight + point.payload_bytes
-            yield batch
-
-    oldest = _oldest_created(weighing())
+    weight = seen = numbers = 0
+    # A max-heap (negated) of the lowest numeric created_at values and their point ids.
+    lowest: list[tuple[float, str | int]] = []
+    for batch in vectors.iter_created(settings.batch_size, weigh_first=PAYLOAD_SAMPLE_POINTS):
+        for point_id, created, size in batch:
+            if size is not None:
+                seen, weight = seen + 1, weight + size
+            if isinstance(created, bool) or not isinstance(created, int | float):
+                continue
+            if created != created:
+                continue  # NaN: no instant, and it would break the heap's order
+            numbers += 1
+            if len(lowest) < OLDEST_CANDIDATES:
+                heapq.heappush(lowest, (-created, point_id))
+            elif created < -lowest[0][0]:
+                heapq.heapreplace(lowest, (-created, point_id))
+    candidates = [point_id for _, point_id in lowest]
+    points = vectors.points_by_id(candidates) if candidates else []
+    # A candidate that cannot be read back (deleted since, or an id form the store would not
+    # take back) may have been the oldest: then, as when every candidate is malformed while
+    # lower-ranked numbers exist, the lifecycle fields of every point are read.
+    complete = len(points) == len(candidates)
+    oldest = _oldest_created(iter([points])) if complete else None
+    if oldest is None and (numbers > len(lowest) or not complete):
+        oldest = _oldest_created(vectors.iter_points(settings.batch_size))
     # Payload text is the bulk of a point's bytes; reading all of it to weigh it is the cost of
     # a full export, so a prefix sample (the scan's first request) is weighed and extrapolated
     # (flagged); a collection no bigger than the sample is weighed whole.

@@ -10,7 +10,7 @@ import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 
 class StoreError(RuntimeError):
@@ -123,6 +123,16 @@ class PointInfo:
     payload_bytes: int | None = None
 
 
+class CreatedAt(NamedTuple):
+    """One point of a dating scan: its id as the store holds it (a UUID string or an int), its
+    created_at raw as stored, and its payload's JSON size when the scan weighed it. A tuple:
+    a snapshot makes one per point of the collection."""
+
+    point_id: str | int
+    created_at: Any
+    payload_bytes: int | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class PointRef:
     """A point judged for deletion: its id and the payload values the judgement relied on."""
@@ -163,11 +173,20 @@ class VectorStore(Protocol):
         ...
 
     def iter_points(
-        self, batch_size: int, with_payload_size: bool = False, weigh_first: int = 0
+        self, batch_size: int, with_payload_size: bool = False
     ) -> Iterator[list[PointInfo]]:
-        """Stream points (no vectors) in batches. With with_payload_size every point carries
-        payload_bytes; with weigh_first=n only the first n points of the scan do (a sample
-        weighed in the same pass), read with their whole payloads."""
+        """Stream points (no vectors) in batches; with with_payload_size every point carries
+        payload_bytes."""
+        ...
+
+    def iter_created(self, batch_size: int, weigh_first: int = 0) -> Iterator[list[CreatedAt]]:
+        """Stream every point's id and created_at (nothing else read) in batches; the first
+        weigh_first points of the scan are read whole and weighed (a sample, same pass)."""
+        ...
+
+    def points_by_id(self, point_ids: Sequence[str | int]) -> list[PointInfo]:
+        """The lifecycle payload of those of these points that exist (ids as CreatedAt has
+        them)."""
         ...
 
     def points_for_documents(self, document_ids: Sequence[str]) -> dict[str, list[str]]:

@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from rlm_core.batching import chunked
-from rlm_core.ports import PointInfo, PointPin, PointRef, StoreError, VectorPoint
+from rlm_core.ports import CreatedAt, PointInfo, PointPin, PointRef, StoreError, VectorPoint
 
 LIFECYCLE_FIELDS = ("session_id", "document_id", "created_at")
 INDEXED_FIELDS = ("session_id", "document_id")
@@ -73,36 +73,60 @@ class QdrantVectorStore:
             return self._client.count(self.collection, exact=True).count
 
     def iter_points(
-        self, batch_size: int, with_payload_size: bool = False, weigh_first: int = 0
+        self, batch_size: int, with_payload_size: bool = False
     ) -> Iterator[list[PointInfo]]:
-        """Stream points (no vectors) in batches; nothing when the collection does not exist.
-        weigh_first=n: the first scroll request reads n whole payloads and weighs them, the
-        scan goes on from there with the lifecycle fields (one pass, not a second scan)."""
+        """Stream points (no vectors) in batches; nothing when the collection does not exist."""
         payload: list[str] | bool = True if with_payload_size else list(LIFECYCLE_FIELDS)
         if not self._exists():
             return
+        # Payload weighing reads whole payloads: big pages would only copy more text.
+        big = self.scan_deletes and not with_payload_size
+        page = max(batch_size, _LOCAL_PAGE) if big else batch_size
+        for records in self._scroll(page, payload):
+            if len(records) > batch_size:
+                # A page split into batches: id order scatters a document's points over the
+                # page, grouped each batch names far fewer documents for the sweep to read.
+                records.sort(key=_document_order)
+            for start in range(0, len(records), batch_size):
+                chunk = records[start : start + batch_size]
+                yield [_point_info(r, with_payload_size) for r in chunk]
+
+    def iter_created(self, batch_size: int, weigh_first: int = 0) -> Iterator[list[CreatedAt]]:
+        """Stream (id, created_at) of every point, reading created_at alone; the first scroll
+        request reads weigh_first whole payloads and weighs them (one pass, not a second
+        scan). Nothing when the collection does not exist."""
+        if not self._exists():
+            return
         offset: models.ExtendedPointId | None = None
-        if weigh_first > 0 and not with_payload_size:
+        if weigh_first > 0:
             with self._errors("scroll"):
                 records, offset = self._client.scroll(
                     self.collection, limit=weigh_first, with_payload=True, with_vectors=False
                 )
             for start in range(0, len(records), batch_size):
-                yield [_point_info(r, True) for r in records[start : start + batch_size]]
+                yield [_weighed(r) for r in records[start : start + batch_size]]
             if offset is None:
                 return
-        # Payload weighing reads a small prefix sample: big pages would only copy more text.
-        big = self.scan_deletes and not with_payload_size
-        page = max(batch_size, _LOCAL_PAGE) if big else batch_size
-        for records in self._scroll(page, payload, start=offset):
-            if len(records) > batch_size and not weigh_first:
-                # A page split into batches: id order scatters a document's points over the
-                # page, grouped each batch names far fewer documents for the sweep to read (a
-                # weighing scan, a snapshot, reads no documents: it is left in id order).
-                records.sort(key=_document_order)
+        page = max(batch_size, _LOCAL_PAGE) if self.scan_deletes else batch_size
+        for records in self._scroll(page, ["created_at"], start=offset):
             for start in range(0, len(records), batch_size):
-                chunk = records[start : start + batch_size]
-                yield [_point_info(r, with_payload_size) for r in chunk]
+                yield [
+                    CreatedAt(_raw_id(r), (r.payload or {}).get("created_at"))
+                    for r in records[start : start + batch_size]
+                ]
+
+    def points_by_id(self, point_ids: Sequence[str | int]) -> list[PointInfo]:
+        """The lifecycle payload of those of these points that exist."""
+        if not point_ids or not self._exists():
+            return []
+        found: list[PointInfo] = []
+        for chunk in chunked(point_ids, _DELETE_BATCH):
+            with self._errors("retrieve"):
+                records = self._client.retrieve(
+                    self.collection, ids=list(chunk), with_payload=list(LIFECYCLE_FIELDS)
+                )
+            found += [_point_info(r, False) for r in records]
+        return found
 
     def points_for_documents(self, document_ids: Sequence[str]) -> dict[str, list[str]]:
         """Ids of the points whose document_id is exactly one of these strings, per document."""
@@ -370,6 +394,16 @@ def _point_info(record: models.Record, with_payload_size: bool) -> PointInfo:
         payload.get("created_at"),
         size,
     )
+
+
+def _weighed(record: models.Record) -> CreatedAt:
+    payload = record.payload or {}
+    return CreatedAt(_raw_id(record), payload.get("created_at"), len(json.dumps(payload).encode()))
+
+
+def _raw_id(record: models.Record) -> str | int:
+    # An int id stays an int: retrieve() finds no point by the string of an int id.
+    return record.id if isinstance(record.id, int) else str(record.id)
 
 
 def _document_order(record: models.Record) -> str:

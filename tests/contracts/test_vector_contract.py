@@ -13,16 +13,21 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from qdrant_client import QdrantClient, models
 
+from rlm_core import monitoring
 from rlm_core.adapters import qdrant_vectors
 from rlm_core.adapters.qdrant_vectors import QdrantVectorStore, connect_qdrant
+from rlm_core.clock import age_hours
+from rlm_core.monitoring import measure_vectors
 from rlm_core.ports import PointInfo, PointRef, StoreError, VectorPoint
 from rlm_core.seeding import vector_seeder
+from rlm_core.settings import Settings
 from tests.fakes import MemoryQdrant, MemoryVectors
 
 COLLECTION = "rag_documents"
@@ -126,26 +131,153 @@ def test_payload_size_only_when_asked(vectors: QdrantVectorStore) -> None:
     assert (all_points(vectors, with_payload_size=True)[0].payload_bytes or 0) > 500
 
 
-@pytest.mark.parametrize("weigh_first", [1, 150, 300, 1000])
-def test_weigh_first_weighs_a_prefix_in_the_same_pass(
+@pytest.mark.parametrize("weigh_first", [0, 1, 150, 300, 1000])
+def test_iter_created_reads_every_point_once_and_weighs_a_prefix_in_the_same_pass(
     vectors: QdrantVectorStore, weigh_first: int
 ) -> None:
     vectors.ensure_collection()
+    odd: list[Any] = [True, "5", None, -1e300, 12]
     vector_seeder(vectors).upsert(
-        [point(f"d{i // 10}", i % 10, text="x" * (i % 7)) for i in range(300)]
+        [
+            point(f"d{i // 10}", i % 10, text="x" * (i % 7), created_at=odd[i % 5] if i % 3 else i)
+            for i in range(300)
+        ]
     )
     weighed = {p.point_id: p.payload_bytes for p in all_points(vectors, with_payload_size=True)}
-    scan = all_points(vectors, weigh_first=weigh_first)
-    # Every point once; the first weigh_first of the scan weighed exactly as a full weighing
-    # weighs them, none after.
-    assert sorted(p.point_id for p in scan) == sorted(weighed)
+    created = {p.point_id: p.created_at for p in all_points(vectors)}
+    scan = [c for batch in vectors.iter_created(64, weigh_first=weigh_first) for c in batch]
+    # Every point once, created_at raw as stored; the first weigh_first of the scan weighed
+    # exactly as a full weighing weighs them, none after.
+    assert sorted(str(c.point_id) for c in scan) == sorted(weighed)
+    assert {str(c.point_id): c.created_at for c in scan} == created
+    assert all(type(c.created_at) is type(created[str(c.point_id)]) for c in scan)
     prefix = min(weigh_first, 300)
-    assert [p.payload_bytes for p in scan[:prefix]] == [weighed[p.point_id] for p in scan[:prefix]]
-    assert all(p.payload_bytes is None for p in scan[prefix:])
-    lifecycle = {
-        p.point_id: (p.session_id, p.document_id, p.created_at) for p in all_points(vectors)
-    }
-    assert {p.point_id: (p.session_id, p.document_id, p.created_at) for p in scan} == lifecycle
+    sizes = [c.payload_bytes for c in scan[:prefix]]
+    assert sizes == [weighed[str(c.point_id)] for c in scan[:prefix]]
+    assert all(c.payload_bytes is None for c in scan[prefix:])
+
+
+def test_points_by_id_reads_those_that_exist(vectors: QdrantVectorStore) -> None:
+    vectors.ensure_collection()
+    good, bad = point("d1", 0, created_at=1700000000.5), point(123, 1, session_id=None)
+    vector_seeder(vectors).upsert([good, bad])
+    ids = {str(c.point_id): c.point_id for b in vectors.iter_created(64) for c in b}
+    missing = str(uuid.uuid4())
+    found = vectors.points_by_id([ids[good.point_id], ids[bad.point_id], missing])
+    assert sorted(found, key=lambda p: p.point_id) == sorted(
+        [
+            PointInfo(good.point_id, "s1", "d1", 1700000000.5),
+            PointInfo(bad.point_id, None, 123, bad.payload["created_at"]),
+        ],
+        key=lambda p: p.point_id,
+    )
+    assert vectors.points_by_id([]) == []
+
+
+# qdrant-client's own engine: a point id may be an int, and retrieve() finds it only as one.
+@pytest.mark.parametrize("vectors", ["local-scan", "local-filter"], indirect=True)
+def test_an_int_point_id_is_dated_and_read_back(
+    vectors: QdrantVectorStore, qdrant_client: QdrantClient
+) -> None:
+    vectors.ensure_collection()
+    payload = {"session_id": "s1", "document_id": "d1", "created_at": 1000.0}
+    qdrant_client.upsert(
+        COLLECTION, points=[models.PointStruct(id=7, vector=[0.1] * SIZE, payload=payload)]
+    )
+    (created,) = [c for batch in vectors.iter_created(64) for c in batch]
+    assert created.point_id == 7 and created.created_at == 1000.0
+    assert vectors.points_by_id([created.point_id]) == [PointInfo("7", "s1", "d1", 1000.0)]
+
+
+def _snapshot(vectors: Any, tmp_path: Path) -> float:
+    settings = Settings(data_dir=tmp_path, qdrant_vector_size=SIZE)
+    return measure_vectors(vectors, settings, SNAPSHOT_AT).oldest_age_hours
+
+
+SNAPSHOT_AT = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
+
+
+def _dated(document_id: Any, chunk: int, created: Any, session_id: Any = "s1") -> VectorPoint:
+    return point(document_id, chunk, session_id=session_id, created_at=created)
+
+
+def test_the_snapshot_dates_the_oldest_well_formed_point(
+    vectors: QdrantVectorStore, tmp_path: Path
+) -> None:
+    vectors.ensure_collection()
+    oldest = datetime(2025, 12, 1, tzinfo=UTC).timestamp()
+    vector_seeder(vectors).upsert(
+        [
+            _dated("d1", 0, oldest + 3600),
+            _dated("d1", 1, oldest),  # the oldest well-formed point
+            _dated(None, 2, 10.0),  # no document_id
+            _dated("d2", 3, 20.0, session_id=""),  # an empty session_id
+            _dated("d3", 4, True),  # a bool is not a number here
+            _dated("d4", 5, "30"),
+            _dated("d5", 6, -1e300),  # a number, but no instant
+            _dated("d6", 7, 10**30),
+        ]
+    )
+    assert _snapshot(vectors, tmp_path) == pytest.approx(
+        age_hours(SNAPSHOT_AT, datetime.fromtimestamp(oldest, UTC))
+    )
+
+
+def test_the_snapshot_reads_every_point_when_the_lowest_are_all_malformed(
+    vectors: QdrantVectorStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(monitoring, "OLDEST_CANDIDATES", 3)
+    vectors.ensure_collection()
+    young = datetime(2026, 1, 14, tzinfo=UTC).timestamp()
+    malformed = [_dated(None, i, 100.0 + i) for i in range(5)]
+    vector_seeder(vectors).upsert([*malformed, _dated("d1", 9, young)])
+    assert _snapshot(vectors, tmp_path) == pytest.approx(36.0)
+    monkeypatch.setattr(monitoring, "OLDEST_CANDIDATES", 5)  # exactly the malformed ones
+    assert _snapshot(vectors, tmp_path) == pytest.approx(36.0)
+
+
+def test_the_snapshot_keeps_the_lowest_candidates_whatever_the_scan_order(
+    vectors: QdrantVectorStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(monitoring, "OLDEST_CANDIDATES", 2)
+    vectors.ensure_collection()
+    days = [9.0, 3.0, 12.0, 5.0, 1.0, 7.0, 2.5]  # days before SNAPSHOT_AT; 12 is the oldest
+    when = [SNAPSHOT_AT.timestamp() - d * 86400 for d in days]
+    vector_seeder(vectors).upsert([_dated(f"d{i}", i, w) for i, w in enumerate(when)])
+    assert _snapshot(vectors, tmp_path) == pytest.approx(12 * 24.0)
+
+
+class _Losing:
+    """A vector store whose points_by_id misses the first candidate (gone since the scan)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def points_by_id(self, point_ids: Any) -> list[PointInfo]:
+        return self._inner.points_by_id(point_ids)[1:]
+
+
+def test_the_snapshot_reads_every_point_when_a_candidate_cannot_be_read_back(
+    vectors: QdrantVectorStore, tmp_path: Path
+) -> None:
+    vectors.ensure_collection()
+    old, young = datetime(2026, 1, 10, tzinfo=UTC), datetime(2026, 1, 14, tzinfo=UTC)
+    vector_seeder(vectors).upsert(
+        [_dated("d1", 0, old.timestamp()), _dated("d1", 1, young.timestamp())]
+    )
+    assert _snapshot(_Losing(vectors), tmp_path) == pytest.approx(age_hours(SNAPSHOT_AT, old))
+
+
+def test_the_snapshot_of_an_empty_or_undated_collection_has_no_age(
+    vectors: QdrantVectorStore, tmp_path: Path
+) -> None:
+    assert _snapshot(vectors, tmp_path) == 0.0  # no collection yet
+    vectors.ensure_collection()
+    vector_seeder(vectors).upsert([_dated("d1", 0, "yesterday"), _dated(None, 1, 5.0)])
+    assert _snapshot(vectors, tmp_path) == 0.0
 
 
 # A second adapter over the same qdrant_client: about qdrant-client's collection config.

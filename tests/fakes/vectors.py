@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlm_core.ports import MissingStoreError, PointInfo, PointPin, PointRef, VectorPoint
+from rlm_core.ports import CreatedAt, MissingStoreError, PointInfo, PointPin, PointRef, VectorPoint
 
 Payload = dict[str, Any]
 # Points QdrantVectorStore reads per scroll in local mode (the scan path).
@@ -59,34 +59,46 @@ class MemoryVectors:
             return len(found.points) if found else 0
 
     def iter_points(
-        self, batch_size: int, with_payload_size: bool = False, weigh_first: int = 0
+        self, batch_size: int, with_payload_size: bool = False
     ) -> Iterator[list[PointInfo]]:
         """Stream points in QdrantVectorStore's local-mode order: pages of ids in id order, each
-        page (read at once) grouped by document; payload weighing reads plain id order, and
-        weigh_first=n weighs the first n ids in a first page of their own."""
+        page (read at once) grouped by document; payload weighing reads plain id order."""
         page_size = batch_size if with_payload_size else max(batch_size, SCAN_PAGE)
-        after = ""
-        if weigh_first > 0 and not with_payload_size:
-            with self._client.lock:
-                stored = self._points()
-                ids = sorted(stored)[:weigh_first]
-                sample = [(pid, stored[pid]) for pid in ids]
-            for start in range(0, len(sample), batch_size):
-                yield [_info(pid, p, True) for pid, p in sample[start : start + batch_size]]
-            if len(ids) < weigh_first:
-                return
-            after = ids[-1]
-        while True:
-            with self._client.lock:
-                stored = self._points()
-                ids = sorted(pid for pid in stored if pid > after)[:page_size]
-                page = [(pid, stored[pid]) for pid in ids]
-            if not with_payload_size and not weigh_first and len(page) > batch_size:
+        for page in self._pages(page_size):
+            if len(page) > batch_size:
                 page.sort(key=lambda item: _document_order(item[1]))
             for start in range(0, len(page), batch_size):
                 yield [
                     _info(pid, p, with_payload_size) for pid, p in page[start : start + batch_size]
                 ]
+
+    def iter_created(self, batch_size: int, weigh_first: int = 0) -> Iterator[list[CreatedAt]]:
+        """Every point's id and created_at in id order; the first weigh_first weighed."""
+        seen = 0
+        for page in self._pages(max(batch_size, SCAN_PAGE)):
+            for start in range(0, len(page), batch_size):
+                batch = []
+                for pid, payload in page[start : start + batch_size]:
+                    size = len(json.dumps(payload).encode()) if seen < weigh_first else None
+                    batch.append(CreatedAt(pid, payload.get("created_at"), size))
+                    seen += 1
+                yield batch
+
+    def points_by_id(self, point_ids: Sequence[str | int]) -> list[PointInfo]:
+        """Those of these points that exist, with their lifecycle payload."""
+        with self._client.lock:
+            stored = self._points()
+            wanted = {_point_id_or_none(str(pid)) for pid in point_ids} - {None}
+            return [_info(pid, stored[pid], False) for pid in sorted(wanted) if pid in stored]
+
+    def _pages(self, page_size: int) -> Iterator[list[tuple[str, Payload]]]:
+        after = ""
+        while True:
+            with self._client.lock:
+                stored = self._points()
+                ids = sorted(pid for pid in stored if pid > after)[:page_size]
+                page = [(pid, stored[pid]) for pid in ids]
+            yield page
             if len(ids) < page_size:
                 return
             after = ids[-1]
