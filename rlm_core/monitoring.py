@@ -51,8 +51,9 @@ def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> 
     lower-ranked points exist are the lifecycle fields of every point read (a second pass)."""
     count = vectors.count()
     weight = seen = numbers = 0
-    # A max-heap (negated) of the lowest numeric created_at values and their point ids.
-    lowest: list[tuple[float, str | int]] = []
+    # A max-heap (negated) of the lowest numeric created_at values and their point ids; the
+    # running count breaks ties, so ids (an int and a str may tie) are never compared.
+    lowest: list[tuple[float, int, str | int]] = []
     for batch in vectors.iter_created(settings.batch_size, weigh_first=PAYLOAD_SAMPLE_POINTS):
         for point_id, created, size in batch:
             if size is not None:
@@ -63,10 +64,10 @@ def measure_vectors(vectors: VectorStore, settings: Settings, now: datetime) -> 
                 continue  # NaN: no instant, and it would break the heap's order
             numbers += 1
             if len(lowest) < OLDEST_CANDIDATES:
-                heapq.heappush(lowest, (-created, point_id))
+                heapq.heappush(lowest, (-created, numbers, point_id))
             elif created < -lowest[0][0]:
-                heapq.heapreplace(lowest, (-created, point_id))
-    candidates = [point_id for _, point_id in lowest]
+                heapq.heapreplace(lowest, (-created, numbers, point_id))
+    candidates = [point_id for _, _, point_id in lowest]
     points = vectors.points_by_id(candidates) if candidates else []
     # A candidate that cannot be read back (deleted since, or an id form the store would not
     # take back) may have been the oldest: then, as when every candidate is malformed while

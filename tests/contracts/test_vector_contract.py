@@ -177,7 +177,7 @@ def test_points_by_id_reads_those_that_exist(vectors: QdrantVectorStore) -> None
 # qdrant-client's own engine: a point id may be an int, and retrieve() finds it only as one.
 @pytest.mark.parametrize("vectors", ["local-scan", "local-filter"], indirect=True)
 def test_an_int_point_id_is_dated_and_read_back(
-    vectors: QdrantVectorStore, qdrant_client: QdrantClient
+    vectors: QdrantVectorStore, qdrant_client: QdrantClient, tmp_path: Path
 ) -> None:
     vectors.ensure_collection()
     payload = {"session_id": "s1", "document_id": "d1", "created_at": 1000.0}
@@ -187,6 +187,15 @@ def test_an_int_point_id_is_dated_and_read_back(
     (created,) = [c for batch in vectors.iter_created(64) for c in batch]
     assert created.point_id == 7 and created.created_at == 1000.0
     assert vectors.points_by_id([created.point_id]) == [PointInfo("7", "s1", "d1", 1000.0)]
+    # An int id and a UUID tied on created_at: the snapshot still dates them.
+    monitoring_settings = Settings(data_dir=tmp_path, qdrant_vector_size=SIZE)
+    vector_seeder(vectors).upsert([_dated("d2", 0, 1000.0), _dated("d3", 0, 500.0, "")])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(monitoring, "OLDEST_CANDIDATES", 2)
+        metrics = measure_vectors(vectors, monitoring_settings, SNAPSHOT_AT)
+    assert metrics.oldest_age_hours == pytest.approx(
+        age_hours(SNAPSHOT_AT, datetime.fromtimestamp(1000.0, UTC))
+    )
 
 
 def _snapshot(vectors: Any, tmp_path: Path) -> float:
